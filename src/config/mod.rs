@@ -1,0 +1,3 @@
+//! placeholder
+pub mod problems;
+pub use problems::{Problem, Problems};

@@ -1,0 +1,30 @@
+//! flupd receives Lufthansa flight update notifications over MQTT and
+//! delivers them to configured sinks.
+//!
+//! Modules, in the order a message meets them:
+//!
+//! - [`cli`]: the command line.
+//! - [`config`]: loading, validating and typing the configuration.
+//! - [`secret`]: a string type that never prints its content.
+//! - [`api`]: the HTTP client for Lufthansa's OAuth and credentials endpoints.
+//! - [`credentials`]: the MQTT credentials and their cache on disk.
+//! - [`topic`]: MQTT topic filter rules and flight topic parsing.
+//! - [`mqtt`]: the TLS connection to the broker, subscriptions and reconnects.
+//! - [`event`]: the flight update event built from each message.
+//! - [`sink`]: delivery of events to stdout, files and webhooks.
+//! - [`daemon`]: assembles the pipeline and runs it until shutdown.
+//! - [`backoff`]: capped exponential backoff with jitter.
+//! - [`logging`]: the tracing subscriber.
+
+pub mod api;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod event;
+pub mod logging;
+pub mod mqtt;
+pub mod secret;
+pub mod sink;
+pub mod topic;
