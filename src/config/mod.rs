@@ -1,3 +1,699 @@
-//! placeholder
+//! Loading, validating and typing the configuration.
+//!
+//! Loading has two stages. [`load`] reads the TOML file and the `FLUPD_*`
+//! environment overrides and validates every key without further I/O,
+//! collecting every problem before it reports them. Secrets and state files
+//! are read later, when the daemon builds its parts.
+
+pub mod env;
 pub mod problems;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use url::Url;
+
+pub use env::Env;
 pub use problems::{Problem, Problems};
+
+use crate::secret::Secret;
+use crate::sink::{SinkSpec, parse_sink};
+use crate::topic::TopicFilter;
+
+/// Where `flupd` looks for its configuration unless `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/flupd/flupd.toml";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log: LogConfig,
+    /// How long sinks may take to drain at shutdown.
+    pub shutdown_timeout: Duration,
+    pub lufthansa: LufthansaConfig,
+    pub mqtt: MqttConfig,
+    pub state: StateConfig,
+    pub sinks: Vec<SinkSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, colored on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `flupd=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LufthansaConfig {
+    /// The API key, sent as OAuth `client_id`. Not a secret.
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// Base URL of Lufthansa's API, without a trailing slash.
+    pub api_base: Url,
+    /// Prefix of the MQTT client ids Lufthansa issues (`<prefix>_<number>`).
+    pub client_prefix: String,
+    /// Timeout of one HTTP request to the API.
+    pub request_timeout: Duration,
+    /// Cached MQTT credentials are renewed this long before they expire.
+    pub renew_before: Duration,
+}
+
+/// Where the client secret comes from, in order of precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `FLUPD_CLIENT_SECRET`.
+    Environment(Secret),
+    /// `lufthansa.client_secret_file`.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/client_secret`, from systemd's `LoadCredential=`.
+    SystemdCredential(PathBuf),
+    /// `lufthansa.client_secret`, written in the configuration file.
+    Inline(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub topics: Vec<TopicFilter>,
+    /// Broker host; `None` means the endpoint returned with the credentials.
+    pub host: Option<String>,
+    pub port: u16,
+    /// Extra CA certificates (PEM) trusted beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// QoS requested for every subscription: 0 or 1.
+    pub qos: u8,
+    pub keepalive: Duration,
+    /// Largest incoming MQTT packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Longest wait between two connection attempts.
+    pub reconnect_max_delay: Duration,
+    /// Whether to start a fresh session at every connect. With `false` the
+    /// broker keeps the subscriptions and queues messages while flupd is away.
+    pub clean_session: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Directory for the credentials cache.
+    pub dir: PathBuf,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration in {path}:\n{problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+/// Something worth a warning in a valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: String,
+    pub message: String,
+}
+
+/// A loaded configuration and the warnings found while loading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Warning>,
+}
+
+const TOP_KEYS: &[&str] = &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "sinks"];
+const LUFTHANSA_KEYS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "api_base",
+    "client_prefix",
+    "request_timeout",
+    "renew_before",
+];
+const MQTT_KEYS: &[&str] = &[
+    "topics",
+    "host",
+    "port",
+    "ca_file",
+    "qos",
+    "keepalive",
+    "max_packet_size",
+    "reconnect_max_delay",
+    "clean_session",
+];
+const STATE_KEYS: &[&str] = &["dir"];
+
+/// Loads the configuration file at `path` with the environment's overrides.
+///
+/// When `required` is false a missing file is not an error: the
+/// configuration then comes from the environment alone, as in a container.
+pub fn load(path: &Path, required: bool, env: &Env) -> Result<Loaded, LoadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => None,
+        Err(source) => return Err(LoadError::Read { path: path.to_owned(), source }),
+    };
+    let mut loaded = load_str(text.as_deref().unwrap_or(""), env).map_err(|error| match error {
+        StrError::Parse(message) => LoadError::Parse { path: path.to_owned(), message },
+        StrError::Invalid(problems) => LoadError::Invalid { path: path.to_owned(), problems },
+    })?;
+
+    if has_inline_secret(&loaded.config) && is_readable_by_others(path) {
+        loaded.warnings.push(Warning {
+            key: "lufthansa.client_secret".to_owned(),
+            message: format!(
+                "{} contains a secret and is readable by other users; run `chmod 600 {}` or move the secret to client_secret_file or FLUPD_CLIENT_SECRET",
+                path.display(),
+                path.display()
+            ),
+        });
+    }
+    Ok(loaded)
+}
+
+fn has_inline_secret(config: &Config) -> bool {
+    matches!(config.lufthansa.client_secret, SecretSource::Inline(_)) || config.sinks.iter().any(|sink| sink.has_inline_secret())
+}
+
+fn is_readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|meta| meta.permissions().mode() & 0o044 != 0).unwrap_or(false)
+}
+
+#[derive(Debug)]
+pub enum StrError {
+    Parse(String),
+    Invalid(Problems),
+}
+
+/// Loads a configuration from TOML text and the environment's overrides.
+pub fn load_str(toml: &str, env: &Env) -> Result<Loaded, StrError> {
+    let environment = config::Environment::with_prefix("FLUPD")
+        .prefix_separator("_")
+        .separator("__")
+        .source(Some(env.overrides()));
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .add_source(environment)
+        .build()
+        .map_err(|error| StrError::Parse(error.to_string()))?;
+
+    let mut reader = Reader { raw: &raw, problems: Problems::default() };
+    let mut warnings = Vec::new();
+    let config = reader.config(env, &mut warnings);
+    match config {
+        Some(config) if reader.problems.is_empty() => Ok(Loaded { config, warnings }),
+        _ => Err(StrError::Invalid(reader.problems)),
+    }
+}
+
+/// Reads typed values out of the merged configuration, recording a problem
+/// for each bad one instead of stopping at the first.
+struct Reader<'a> {
+    raw: &'a config::Config,
+    problems: Problems,
+}
+
+impl Reader<'_> {
+    fn config(&mut self, env: &Env, warnings: &mut Vec<Warning>) -> Option<Config> {
+        self.check_keys(None, TOP_KEYS);
+        self.check_keys(Some("lufthansa"), LUFTHANSA_KEYS);
+        self.check_keys(Some("mqtt"), MQTT_KEYS);
+        self.check_keys(Some("state"), STATE_KEYS);
+
+        let log = self.log();
+        let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(10));
+        let lufthansa = self.lufthansa(env);
+        let mqtt = self.mqtt(warnings);
+        let state = self.state(env);
+        let sinks = self.sinks();
+        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, sinks })
+    }
+
+    /// Reports keys of a section that flupd does not know.
+    fn check_keys(&mut self, section: Option<&str>, known: &[&str]) {
+        let table = match section {
+            None => self.raw.clone().try_deserialize::<config::Map<String, config::Value>>().ok(),
+            Some(name) => match self.raw.get::<config::Value>(name) {
+                Err(config::ConfigError::NotFound(_)) => return,
+                Ok(value) => match value.into_table() {
+                    Ok(table) => Some(table),
+                    Err(_) => {
+                        self.problems.push(name, "must be a table");
+                        return;
+                    }
+                },
+                Err(error) => {
+                    self.problems.push(name, error.to_string());
+                    return;
+                }
+            },
+        };
+        let Some(table) = table else { return };
+        let mut unknown: Vec<&String> = table.keys().filter(|key| !known.contains(&key.as_str())).collect();
+        unknown.sort();
+        for key in unknown {
+            let full = match section {
+                Some(section) => format!("{section}.{key}"),
+                None => key.clone(),
+            };
+            self.problems.push(full, format!("unknown key; known keys here are: {}", known.join(", ")));
+        }
+    }
+
+    fn optional<T: DeserializeOwned>(&mut self, key: &str, expected: &str) -> Option<T> {
+        match self.raw.get::<T>(key) {
+            Ok(value) => Some(value),
+            Err(config::ConfigError::NotFound(_)) => None,
+            Err(_) => {
+                let shown = self.shown(key);
+                self.problems.push(key, format!("invalid value {shown}: expected {expected}"));
+                None
+            }
+        }
+    }
+
+    /// The raw value of a key as written, for error messages.
+    fn shown(&self, key: &str) -> String {
+        match self.raw.get::<config::Value>(key) {
+            Ok(value) => match value.kind {
+                config::ValueKind::String(text) => format!("{text:?}"),
+                _ => value.to_string(),
+            },
+            Err(_) => "(unreadable)".to_owned(),
+        }
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        self.optional::<String>(key, "a string").filter(|text| !text.trim().is_empty())
+    }
+
+    fn required_string(&mut self, key: &str, hint: &str) -> Option<String> {
+        let value = self.string(key);
+        if value.is_none() && !self.problems.iter().any(|problem| problem.key == key) {
+            self.problems.push(key, format!("missing: {hint}"));
+        }
+        value
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        let Some(text) = self.optional::<String>(key, "a duration such as \"30s\" or \"5m\"") else {
+            return default;
+        };
+        match humantime::parse_duration(&text) {
+            Ok(duration) => duration,
+            Err(error) => {
+                self.problems.push(key, format!("invalid duration {text:?}: {error}; write a number with a unit, such as \"30s\", \"5m\" or \"30days\""));
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let text = self.string(key)?;
+        let path = PathBuf::from(&text);
+        if !path.is_absolute() {
+            self.problems.push(key, format!("invalid path {text:?}: must be absolute, because flupd may run from any directory"));
+            return None;
+        }
+        Some(path)
+    }
+
+    fn log(&mut self) -> LogConfig {
+        let format = match self.string("log_format").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problems.push("log_format", format!("invalid value {other:?}: expected \"text\" or \"json\""));
+                LogFormat::Text
+            }
+        };
+        let level = self.string("log_level").unwrap_or_else(|| "info".to_owned());
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.problems.push("log_level", format!("invalid filter {level:?}: {error}; use a level such as \"info\" or directives such as \"flupd=debug,info\""));
+        }
+        LogConfig { format, level }
+    }
+
+    fn lufthansa(&mut self, env: &Env) -> Option<LufthansaConfig> {
+        let client_id = self.required_string("lufthansa.client_id", "set it to your Lufthansa API key");
+        let client_prefix = self.required_string(
+            "lufthansa.client_prefix",
+            "set it to the MQTT client id prefix Lufthansa assigned to your account",
+        );
+        if let Some(prefix) = &client_prefix {
+            if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.problems.push(
+                    "lufthansa.client_prefix",
+                    format!("invalid value {prefix:?}: use letters, digits, `_` and `-` only, because it becomes part of a URL path"),
+                );
+            }
+        }
+
+        let inline = self.string("lufthansa.client_secret").map(Secret::new);
+        let file = self.path("lufthansa.client_secret_file");
+        if inline.is_some() && file.is_some() {
+            self.problems.push(
+                "lufthansa.client_secret",
+                "set either client_secret or client_secret_file, not both",
+            );
+        }
+        let client_secret = if let Some(secret) = env.client_secret() {
+            Some(SecretSource::Environment(secret))
+        } else if let Some(file) = file {
+            Some(SecretSource::File(file))
+        } else if let Some(dir) = env.credentials_directory() {
+            Some(SecretSource::SystemdCredential(dir.join("client_secret")))
+        } else {
+            inline.map(SecretSource::Inline)
+        };
+        if client_secret.is_none() {
+            self.problems.push(
+                "lufthansa.client_secret",
+                "missing: set FLUPD_CLIENT_SECRET, lufthansa.client_secret_file, or systemd's LoadCredential=client_secret:PATH",
+            );
+        }
+
+        let api_base_text = self.string("lufthansa.api_base").unwrap_or_else(|| "https://api.lufthansa.com".to_owned());
+        let api_base = match Url::parse(api_base_text.trim_end_matches('/')) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+            Ok(_) => {
+                self.problems.push("lufthansa.api_base", format!("invalid URL {api_base_text:?}: expected an http or https URL such as https://api.lufthansa.com"));
+                None
+            }
+            Err(error) => {
+                self.problems.push("lufthansa.api_base", format!("invalid URL {api_base_text:?}: {error}"));
+                None
+            }
+        };
+
+        let request_timeout = self.duration("lufthansa.request_timeout", Duration::from_secs(30));
+        let renew_before = self.duration("lufthansa.renew_before", Duration::from_secs(30 * 24 * 3600));
+        if request_timeout.is_zero() {
+            self.problems.push("lufthansa.request_timeout", "must be greater than zero");
+        }
+
+        Some(LufthansaConfig {
+            client_id: client_id?,
+            client_secret: client_secret?,
+            api_base: api_base?,
+            client_prefix: client_prefix?,
+            request_timeout,
+            renew_before,
+        })
+    }
+
+    fn mqtt(&mut self, warnings: &mut Vec<Warning>) -> Option<MqttConfig> {
+        let mut topics = Vec::new();
+        // An environment variable can only hold text, so FLUPD_MQTT__TOPICS
+        // lists its filters separated by commas; a comma is never part of a
+        // Lufthansa topic.
+        let list = match self.raw.get::<String>("mqtt.topics") {
+            Ok(text) => Some(text.split(',').map(str::to_owned).collect()),
+            Err(_) => self.optional::<Vec<String>>("mqtt.topics", "a list of topic filters"),
+        };
+        match list {
+            None if !self.problems.iter().any(|problem| problem.key == "mqtt.topics") => self.problems.push(
+                "mqtt.topics",
+                "missing: list the topic filters to subscribe to, such as [\"prd/FlightUpdate/LH/+/2026-07-22\"]",
+            ),
+            None => {}
+            Some(list) if list.is_empty() => self.problems.push("mqtt.topics", "empty: list at least one topic filter"),
+            Some(list) => {
+                for (index, text) in list.iter().enumerate() {
+                    let key = format!("mqtt.topics[{index}]");
+                    match TopicFilter::parse(text.trim()) {
+                        Ok(filter) if topics.contains(&filter) => {
+                            self.problems.push(key, format!("duplicate topic filter {text:?}"));
+                        }
+                        Ok(filter) => {
+                            if !filter.is_flight_update() {
+                                warnings.push(Warning {
+                                    key,
+                                    message: format!("topic filter {text:?} is outside prd/FlightUpdate/ and will receive no flight updates"),
+                                });
+                            }
+                            topics.push(filter);
+                        }
+                        Err(error) => self.problems.push(key, error.to_string()),
+                    }
+                }
+            }
+        }
+
+        let host = self.string("mqtt.host");
+        if let Some(host) = &host {
+            if host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+                self.problems.push("mqtt.host", format!("invalid host {host:?}: give a host name or address only, and the port in mqtt.port"));
+            }
+        }
+        let port = self.optional::<u16>("mqtt.port", "a port number from 1 to 65535").unwrap_or(8883);
+        if port == 0 {
+            self.problems.push("mqtt.port", "invalid value 0: expected a port number from 1 to 65535");
+        }
+        let ca_file = self.path("mqtt.ca_file");
+        let qos = self.optional::<u8>("mqtt.qos", "0 or 1").unwrap_or(1);
+        if qos > 1 {
+            self.problems.push("mqtt.qos", format!("invalid value {qos}: expected 0 or 1, because the broker grants at most QoS 1"));
+        }
+        let keepalive = self.duration("mqtt.keepalive", Duration::from_secs(60));
+        if keepalive < Duration::from_secs(5) || keepalive > Duration::from_secs(65535) {
+            self.problems.push("mqtt.keepalive", format!("invalid value {}: expected between 5s and 65535s", humantime::format_duration(keepalive)));
+        }
+        let max_packet_size = self.optional::<u64>("mqtt.max_packet_size", "a size in bytes").unwrap_or(1024 * 1024);
+        if !(1024..=256 * 1024 * 1024).contains(&max_packet_size) {
+            self.problems.push("mqtt.max_packet_size", format!("invalid value {max_packet_size}: expected between 1024 and 268435456 bytes"));
+        }
+        let reconnect_max_delay = self.duration("mqtt.reconnect_max_delay", Duration::from_secs(60));
+        if reconnect_max_delay < Duration::from_secs(1) {
+            self.problems.push("mqtt.reconnect_max_delay", "invalid value: expected at least 1s, so that a refused connection is never retried in a tight loop");
+        }
+        let clean_session = self.optional::<bool>("mqtt.clean_session", "true or false").unwrap_or(false);
+
+        Some(MqttConfig {
+            topics,
+            host,
+            port,
+            ca_file,
+            qos,
+            keepalive,
+            max_packet_size: max_packet_size as usize,
+            reconnect_max_delay,
+            clean_session,
+        })
+    }
+
+    fn state(&mut self, env: &Env) -> StateConfig {
+        let dir = self
+            .path("state.dir")
+            .or_else(|| env.state_directory())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/flupd"));
+        StateConfig { dir }
+    }
+
+    fn sinks(&mut self) -> Vec<SinkSpec> {
+        let tables = match self.raw.get::<Vec<serde_json::Value>>("sinks") {
+            Ok(tables) => tables,
+            Err(config::ConfigError::NotFound(_)) => {
+                self.problems.push("sinks", "missing: add at least one [[sinks]] table, such as type = \"stdout\"");
+                return Vec::new();
+            }
+            Err(error) => {
+                self.problems.push("sinks", format!("invalid value: {error}; expected [[sinks]] tables"));
+                return Vec::new();
+            }
+        };
+        if tables.is_empty() {
+            self.problems.push("sinks", "empty: add at least one [[sinks]] table");
+        }
+
+        let mut sinks: Vec<SinkSpec> = Vec::new();
+        for (index, table) in tables.into_iter().enumerate() {
+            let key = format!("sinks[{index}]");
+            let Some(mut sink) = parse_sink(&key, table, &mut self.problems) else { continue };
+            let explicit = self.raw.get::<String>(&format!("sinks[{index}].name")).is_ok();
+            if !explicit && sinks.iter().any(|other| other.name == sink.name) {
+                sink.name = format!("{}-{}", sink.name, index);
+            }
+            if sinks.iter().any(|other| other.name == sink.name) {
+                self.problems.push(format!("{key}.name"), format!("duplicate sink name {:?}: give each sink its own name", sink.name));
+            }
+            sinks.push(sink);
+        }
+        sinks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [lufthansa]
+        client_id = "key"
+        client_secret = "s3cret"
+        client_prefix = "acme"
+
+        [mqtt]
+        topics = ["prd/FlightUpdate/LH/#"]
+
+        [[sinks]]
+        type = "stdout"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn problems(toml: &str, env: &Env) -> Vec<String> {
+        match load_str(toml, env) {
+            Ok(_) => panic!("configuration unexpectedly valid"),
+            Err(StrError::Invalid(problems)) => problems.iter().map(|problem| problem.to_string()).collect(),
+            Err(StrError::Parse(message)) => panic!("parse error: {message}"),
+        }
+    }
+
+    #[test]
+    fn config_minimal_gets_defaults() {
+        let config = load_str(MINIMAL, &Env::default()).unwrap().config;
+        assert_eq!(config.lufthansa.api_base.as_str(), "https://api.lufthansa.com/");
+        assert_eq!(config.mqtt.port, 8883);
+        assert_eq!(config.mqtt.qos, 1);
+        assert_eq!(config.mqtt.keepalive, Duration::from_secs(60));
+        assert_eq!(config.mqtt.max_packet_size, 1024 * 1024);
+        assert_eq!(config.mqtt.reconnect_max_delay, Duration::from_secs(60));
+        assert!(!config.mqtt.clean_session);
+        assert_eq!(config.state.dir, PathBuf::from("/var/lib/flupd"));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(config.lufthansa.renew_before, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.sinks[0].name, "stdout");
+    }
+
+    #[test]
+    fn config_reports_every_problem_at_once() {
+        let toml = r#"
+            log_format = "xml"
+            color = true
+            [lufthansa]
+            client_id = "key"
+            client_prefix = "acme"
+            api_base = "ftp://example"
+            [mqtt]
+            topics = ["prd/#/LH", "prd/FlightUpdate/LH+"]
+            qos = 2
+            keepalive = "60 parsecs"
+            [state]
+            dir = "relative/dir"
+            [[sinks]]
+            type = "carrier-pigeon"
+        "#;
+        let found = problems(toml, &Env::default());
+        let expect = [
+            "log_format: invalid value \"xml\"",
+            "color: unknown key",
+            "lufthansa.client_secret: missing",
+            "lufthansa.api_base: invalid URL \"ftp://example\"",
+            "mqtt.topics[0]: invalid topic filter \"prd/#/LH\"",
+            "mqtt.topics[1]: invalid topic filter \"prd/FlightUpdate/LH+\"",
+            "mqtt.qos: invalid value 2",
+            "mqtt.keepalive: invalid duration \"60 parsecs\"",
+            "state.dir: invalid path \"relative/dir\"",
+            "sinks[0].type: unknown sink type \"carrier-pigeon\"",
+        ];
+        for expected in expect {
+            assert!(found.iter().any(|problem| problem.starts_with(expected)), "missing {expected:?} in {found:#?}");
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys_in_sections() {
+        let toml = MINIMAL.replace("[mqtt]", "[mqtt]\nkeep_alive = \"30s\"");
+        let found = problems(&toml, &Env::default());
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("mqtt.keep_alive: unknown key"), "{found:?}");
+    }
+
+    #[test]
+    fn config_environment_overrides_file() {
+        let env = env(&[
+            ("FLUPD_MQTT__KEEPALIVE", "30s"),
+            ("FLUPD_MQTT__QOS", "0"),
+            ("FLUPD_MQTT__TOPICS", "prd/FlightUpdate/LH/+/2026-07-22,prd/FlightUpdate/LX/#"),
+            ("FLUPD_LUFTHANSA__CLIENT_ID", "007"),
+            ("FLUPD_LOG_FORMAT", "json"),
+        ]);
+        let config = load_str(MINIMAL, &env).unwrap().config;
+        assert_eq!(config.mqtt.keepalive, Duration::from_secs(30));
+        assert_eq!(config.mqtt.qos, 0);
+        assert_eq!(config.mqtt.topics.len(), 2);
+        assert_eq!(config.mqtt.topics[1].as_str(), "prd/FlightUpdate/LX/#");
+        assert_eq!(config.lufthansa.client_id, "007", "ids must not be parsed as numbers");
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn config_secret_precedence() {
+        let toml = MINIMAL.replace("client_secret = \"s3cret\"", "");
+        let from_env = load_str(&toml, &env(&[("FLUPD_CLIENT_SECRET", "e")])).unwrap().config;
+        assert_eq!(from_env.lufthansa.client_secret, SecretSource::Environment(Secret::new("e")));
+
+        let systemd = load_str(&toml, &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/flupd.service")])).unwrap().config;
+        assert_eq!(
+            systemd.lufthansa.client_secret,
+            SecretSource::SystemdCredential(PathBuf::from("/run/credentials/flupd.service/client_secret"))
+        );
+
+        let with_file = toml.replace("[lufthansa]", "[lufthansa]\nclient_secret_file = \"/etc/flupd/secret\"");
+        let from_file = load_str(&with_file, &env(&[("CREDENTIALS_DIRECTORY", "/run/x")])).unwrap().config;
+        assert_eq!(from_file.lufthansa.client_secret, SecretSource::File(PathBuf::from("/etc/flupd/secret")));
+    }
+
+    #[test]
+    fn config_secret_never_in_debug_output() {
+        let config = load_str(MINIMAL, &Env::default()).unwrap().config;
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let env = env(&[("FLUPD_CLIENT_SECRET", "envsecret")]);
+        assert!(!format!("{env:?}").contains("envsecret"));
+    }
+
+    #[test]
+    fn config_state_dir_from_systemd() {
+        let config = load_str(MINIMAL, &env(&[("STATE_DIRECTORY", "/var/lib/flupd-a:/var/lib/other")])).unwrap().config;
+        assert_eq!(config.state.dir, PathBuf::from("/var/lib/flupd-a"));
+    }
+
+    #[test]
+    fn config_warns_about_non_flight_topics() {
+        let toml = MINIMAL.replace("prd/FlightUpdate/LH/#", "tst/FlightUpdate/LH/#");
+        let loaded = load_str(&toml, &Env::default()).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].key, "mqtt.topics[0]");
+    }
+
+    #[test]
+    fn config_requires_sinks() {
+        let toml = MINIMAL.replace("[[sinks]]\n        type = \"stdout\"", "");
+        let found = problems(&toml, &Env::default());
+        assert!(found.iter().any(|problem| problem.starts_with("sinks: missing")), "{found:?}");
+    }
+
+    #[test]
+    fn config_names_duplicate_sinks() {
+        let toml = format!("{MINIMAL}\n[[sinks]]\ntype = \"stdout\"\nformat = \"json\"\n");
+        let config = load_str(&toml, &Env::default()).unwrap().config;
+        assert_eq!(config.sinks[0].name, "stdout");
+        assert_eq!(config.sinks[1].name, "stdout-1");
+    }
+}

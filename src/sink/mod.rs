@@ -34,6 +34,14 @@ impl SinkSpec {
     pub fn wants(&self, topic: &str) -> bool {
         self.topics.is_empty() || self.topics.iter().any(|filter| filter.matches(topic))
     }
+
+    /// Returns whether the sink's table holds a secret written inline.
+    pub fn has_inline_secret(&self) -> bool {
+        match &self.config {
+            SinkConfig::Webhook(config) => config.has_inline_secret(),
+            _ => false,
+        }
+    }
 }
 
 /// The configuration of one sink, by type.

@@ -14,3 +14,4 @@ impl WebhookSink {
     pub async fn deliver(&mut self, _event: &Event) -> Result<(), DeliveryError> { todo!() }
     pub fn retry_backoff(&self) -> crate::backoff::Backoff { todo!() }
 }
+impl WebhookConfig { pub fn has_inline_secret(&self) -> bool { false } }
