@@ -1,1 +1,423 @@
-//! placeholder
+//! The TLS connection to the broker: connecting, subscribing, reconnecting
+//! with backoff, and handing received messages on.
+//!
+//! rumqttc does nothing unless its event loop is polled, and reconnects at
+//! once after any error. So one task only polls and never awaits anything
+//! slow while connected; it hands messages to the dispatcher over an
+//! unbounded channel, and sleeps with capped, jittered backoff after every
+//! error. A second task sends the SUBSCRIBE packets, because awaiting client
+//! requests from the polling task can deadlock on the request channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::config::MqttConfig;
+use crate::credentials::{CredentialStore, MqttCredentials};
+use crate::topic::TopicFilter;
+
+/// The most topic filters sent in one SUBSCRIBE packet. Lufthansa publishes
+/// no limit; 40 is what a known working client of the feed sends.
+pub const FILTERS_PER_SUBSCRIBE: usize = 40;
+
+/// Capacity of rumqttc's request channel, which carries acks and subscribes.
+const REQUEST_CHANNEL_CAPACITY: usize = 256;
+
+/// How long shutdown waits for the DISCONNECT packet to go out.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A message as received from the broker.
+#[derive(Debug)]
+pub struct Received {
+    pub publish: Publish,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("read CA file {path}: {source}")]
+    CaFile { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("CA file {path}: no certificate could be added: {detail}")]
+    CaCertificate { path: PathBuf, detail: String },
+    #[error("no trusted CA certificates: install the system's ca-certificates package or set mqtt.ca_file")]
+    NoRoots,
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds the TLS client configuration: the system's trusted roots, plus
+/// the certificates of `ca_file` when set. Unreadable system certificates
+/// are skipped.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping unreadable system CA certificate");
+    }
+    roots.add_parsable_certificates(native.certs);
+
+    if let Some(path) = ca_file {
+        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect())
+            .map_err(|source| TlsError::CaFile { path: path.to_owned(), source })?;
+        if certificates.is_empty() {
+            return Err(TlsError::CaCertificate { path: path.to_owned(), detail: "the file holds no PEM certificate".to_owned() });
+        }
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|error| TlsError::CaCertificate { path: path.to_owned(), detail: error.to_string() })?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Builds the rumqttc options for one set of credentials.
+pub fn options(config: &MqttConfig, credentials: &MqttCredentials, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
+    let host = config.host.clone().unwrap_or_else(|| credentials.endpoint.clone());
+    let mut options = MqttOptions::new(credentials.client_id.clone(), host, config.port);
+    options
+        .set_credentials(credentials.client_id.clone(), credentials.jwt.expose())
+        .set_keep_alive(config.keepalive)
+        .set_clean_session(config.clean_session)
+        .set_manual_acks(true)
+        .set_max_packet_size(config.max_packet_size, config.max_packet_size)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    options
+}
+
+/// What the connection is doing, for the rest of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected { session_present: bool },
+    /// Connected and every topic filter granted by the broker.
+    Subscribed,
+    Stopped,
+}
+
+/// Sends acknowledgements for received messages.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    /// Acknowledges a QoS 1 message; does nothing for QoS 0.
+    ///
+    /// NOTE: an ack carries only the packet id. An ack sent after a reconnect
+    /// may name a packet id the broker has since reused; with a persistent
+    /// session the broker redelivers the original message under its old id,
+    /// so the risk is a lost redelivery only if the ids collide.
+    pub async fn ack(&self, publish: &Publish) {
+        if let Err(error) = self.client.ack(publish).await {
+            tracing::debug!(%error, topic = %publish.topic, "ack not sent: connection stopped");
+        }
+    }
+}
+
+/// Everything the connection tasks need.
+pub struct Link {
+    pub config: MqttConfig,
+    pub store: Arc<CredentialStore>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// A running connection: its two tasks and the handles the daemon uses.
+pub struct Running {
+    pub acker: Acker,
+    pub state: watch::Receiver<LinkState>,
+    pub event_loop: tokio::task::JoinHandle<()>,
+    pub subscriber: tokio::task::JoinHandle<()>,
+}
+
+type PendingSubAck = Arc<Mutex<Option<oneshot::Sender<Vec<SubscribeReasonCode>>>>>;
+
+/// Connects with `credentials` and runs until `cancel` fires. Messages go
+/// to `messages`; the connection stops when that channel closes.
+pub fn start(
+    link: Link,
+    credentials: MqttCredentials,
+    messages: mpsc::UnboundedSender<Received>,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Running {
+    let options = options(&link.config, &credentials, link.tls.clone());
+    let (client, event_loop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
+    let (connack_tx, connack_rx) = watch::channel(None::<bool>);
+    let pending: PendingSubAck = Arc::new(Mutex::new(None));
+
+    let subscriber = Subscriber {
+        client: client.clone(),
+        topics: link.config.topics.clone(),
+        qos: if link.config.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+        suback_timeout: link.config.keepalive * 2,
+        pending: pending.clone(),
+        state: state_tx.clone(),
+    };
+    let subscriber = tracker.spawn(subscriber.run(connack_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
+
+    let poller = Poller {
+        event_loop,
+        client: client.clone(),
+        link,
+        messages,
+        pending,
+        connack: connack_tx,
+        state: state_tx,
+    };
+    let event_loop = tracker.spawn(poller.run(cancel).instrument(tracing::info_span!("mqtt")));
+
+    Running { acker: Acker { client }, state: state_rx, event_loop, subscriber }
+}
+
+struct Poller {
+    event_loop: EventLoop,
+    client: AsyncClient,
+    link: Link,
+    messages: mpsc::UnboundedSender<Received>,
+    pending: PendingSubAck,
+    connack: watch::Sender<Option<bool>>,
+    state: watch::Sender<LinkState>,
+}
+
+impl Poller {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.link.config.reconnect_max_delay);
+        let mut connected = false;
+        // Refused credentials are replaced once; after that, only backoff,
+        // so that a broker refusing everyone does not drain the API budget.
+        let mut renewed_since_connect = false;
+        let (host, port) = self.event_loop.mqtt_options.broker_address();
+        tracing::info!(host = %host, port, client_id = %self.event_loop.mqtt_options.client_id(), "connecting");
+
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                polled = self.event_loop.poll() => polled,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    connected = true;
+                    renewed_since_connect = false;
+                    backoff.reset();
+                    tracing::info!(session_present = connack.session_present, "connected");
+                    self.state.send_replace(LinkState::Connected { session_present: connack.session_present });
+                    self.connack.send_replace(Some(connack.session_present));
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    tracing::trace!(topic = %publish.topic, pkid = publish.pkid, bytes = publish.payload.len(), "message received");
+                    let received = Received { publish, received_at: Utc::now() };
+                    if self.messages.send(received).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    let waiter = self.pending.lock().ok().and_then(|mut pending| pending.take());
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = waiter.send(suback.return_codes);
+                        }
+                        None => tracing::debug!(pkid = suback.pkid, "SUBACK for an abandoned SUBSCRIBE"),
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    if connected {
+                        tracing::warn!(error = %describe(&error), "connection lost");
+                    } else {
+                        tracing::warn!(error = %describe(&error), "connection failed");
+                    }
+                    connected = false;
+                    self.state.send_replace(LinkState::Connecting);
+                    // The SUBSCRIBE in flight, if any, died with the connection.
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.take();
+                    }
+
+                    if is_refused_credentials(&error) && !renewed_since_connect {
+                        renewed_since_connect = true;
+                        self.renew_credentials().await;
+                    }
+
+                    let delay = backoff.next_delay();
+                    tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after delay");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+
+        if connected {
+            self.disconnect().await;
+        }
+        self.state.send_replace(LinkState::Stopped);
+        tracing::info!("mqtt connection stopped");
+    }
+
+    /// Replaces refused credentials with new ones from the API. The next
+    /// connect reads them from the event loop's options.
+    async fn renew_credentials(&mut self) {
+        tracing::warn!(client_id = %self.event_loop.mqtt_options.client_id(), "broker refused the credentials, fetching new ones");
+        match self.link.store.renew().await {
+            Ok(credentials) => {
+                self.event_loop.mqtt_options = options(&self.link.config, &credentials, self.link.tls.clone());
+            }
+            Err(error) => tracing::error!(%error, "credentials renewal failed"),
+        }
+    }
+
+    /// Sends DISCONNECT and polls until it is out. Subscriptions are kept:
+    /// unsubscribing would discard the broker's queue for this session.
+    async fn disconnect(&mut self) {
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let flushed = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
+            loop {
+                match self.event_loop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::warn!(timeout_ms = DISCONNECT_TIMEOUT.as_millis() as u64, "DISCONNECT not sent before the timeout");
+        }
+    }
+}
+
+struct Subscriber {
+    client: AsyncClient,
+    topics: Vec<TopicFilter>,
+    qos: QoS,
+    suback_timeout: Duration,
+    pending: PendingSubAck,
+    state: watch::Sender<LinkState>,
+}
+
+impl Subscriber {
+    /// Subscribes after every CONNACK without a session, and after any
+    /// CONNACK that follows an interrupted round.
+    async fn run(self, mut connack: watch::Receiver<Option<bool>>, cancel: CancellationToken) {
+        let mut complete = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = connack.changed() => if changed.is_err() { return },
+            }
+            let Some(session_present) = *connack.borrow_and_update() else { continue };
+            if session_present && complete {
+                tracing::info!(filters = self.topics.len(), "session resumed, subscriptions kept by the broker");
+                self.state.send_replace(LinkState::Subscribed);
+                continue;
+            }
+            complete = tokio::select! {
+                _ = cancel.cancelled() => return,
+                complete = self.subscribe_all() => complete,
+            };
+        }
+    }
+
+    /// Sends every filter, at most [`FILTERS_PER_SUBSCRIBE`] per packet, one
+    /// packet at a time so that each SUBACK matches its filters. Returns
+    /// whether every packet was answered.
+    async fn subscribe_all(&self) -> bool {
+        let mut granted = 0;
+        let mut refused = 0;
+        for chunk in self.topics.chunks(FILTERS_PER_SUBSCRIBE) {
+            let (waiter, answer) = oneshot::channel();
+            if let Ok(mut pending) = self.pending.lock() {
+                *pending = Some(waiter);
+            }
+            let filters: Vec<SubscribeFilter> = chunk.iter().map(|filter| SubscribeFilter::new(filter.to_string(), self.qos)).collect();
+            if self.client.subscribe_many(filters).await.is_err() {
+                return false;
+            }
+
+            let codes = match tokio::time::timeout(self.suback_timeout, answer).await {
+                Ok(Ok(codes)) => codes,
+                Ok(Err(_)) => {
+                    tracing::warn!("connection lost before SUBACK, subscribing again after reconnect");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout_ms = self.suback_timeout.as_millis() as u64, "no SUBACK before the timeout, subscribing again after reconnect");
+                    return false;
+                }
+            };
+            if codes.len() != chunk.len() {
+                tracing::error!(sent = chunk.len(), answered = codes.len(), "SUBACK does not match the SUBSCRIBE");
+            }
+            for (filter, code) in chunk.iter().zip(codes) {
+                match code {
+                    SubscribeReasonCode::Success(qos) => {
+                        granted += 1;
+                        tracing::debug!(topic = %filter, granted_qos = qos as u8, "subscription granted");
+                    }
+                    SubscribeReasonCode::Failure => {
+                        refused += 1;
+                        tracing::error!(topic = %filter, "subscription refused by the broker");
+                    }
+                }
+            }
+        }
+
+        tracing::info!(granted, refused, "subscribed");
+        if refused == 0 {
+            self.state.send_replace(LinkState::Subscribed);
+        }
+        true
+    }
+}
+
+fn is_refused_credentials(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword)
+    )
+}
+
+/// Describes a connection error in words an operator can act on.
+fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
+            "broker refused the connection: not authorized (client id or JWT rejected)".to_owned()
+        }
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
+            "broker refused the connection: bad user name or password".to_owned()
+        }
+        ConnectionError::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size))) => {
+            format!("incoming packet of {size} bytes exceeds mqtt.max_packet_size")
+        }
+        ConnectionError::NetworkTimeout => "network timeout".to_owned(),
+        other => other.to_string(),
+    }
+}
