@@ -1,1 +1,62 @@
-//! placeholder
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// Receives Lufthansa flight update notifications over MQTT and delivers
+/// them to stdout, files and webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "flupd", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML) [default: /etc/flupd/flupd.toml]. Keys can
+    /// be overridden with environment variables named FLUPD_<SECTION>__<KEY>,
+    /// such as FLUPD_MQTT__QOS=0. Without this option a missing default file
+    /// is allowed, and the configuration comes from the environment alone.
+    #[arg(long, short = 'c', global = true, env = "FLUPD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default when no command is given).
+    Run,
+    /// Load and validate the configuration, print every problem, and exit
+    /// with 0 when it is valid or 64 when it is not.
+    Check,
+    /// Show the cached MQTT credentials: client id, endpoint, expiry and
+    /// age. The JWT itself is never shown.
+    Credentials {
+        /// Fetch new credentials from Lufthansa's API and cache them. Each
+        /// fetch creates a new MQTT client id and counts against the rate limit.
+        #[arg(long)]
+        renew: bool,
+    },
+    /// Run the whole pipeline against a local stand-in of Lufthansa's API and
+    /// broker, printing events to stdout. Needs mosquitto installed and a
+    /// build with `--features demo`.
+    Demo {
+        /// Stop after this many events; without it, run until Ctrl-C.
+        #[arg(long, value_name = "N")]
+        max_events: Option<u64>,
+        /// Time between two published updates, such as 300ms or 2s.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        interval: std::time::Duration,
+    },
+}
+
+impl Cli {
+    /// The configuration file, and whether it was named explicitly, in
+    /// which case it must exist.
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+}

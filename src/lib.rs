@@ -4,6 +4,7 @@
 //! Modules, in the order a message meets them:
 //!
 //! - [`cli`]: the command line.
+//! - [`app`]: the commands behind it, each returning the exit code.
 //! - [`config`]: loading, validating and typing the configuration.
 //! - [`secret`]: a string type that never prints its content.
 //! - [`api`]: the HTTP client for Lufthansa's OAuth and credentials endpoints.
@@ -15,13 +16,17 @@
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`logging`]: the tracing subscriber.
+//! - `demo` (feature `demo`): the pipeline against a local stand-in.
 
 pub mod api;
+pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod event;
 pub mod logging;
 pub mod mqtt;

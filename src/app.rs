@@ -1,0 +1,177 @@
+//! The commands behind the command line, each returning the exit code.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Env, LoadError, Loaded};
+use crate::daemon::{self, RunOptions};
+use crate::logging;
+
+/// Exit code for an invalid configuration or command line (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Runs the command the command line names.
+pub fn main(cli: Cli) -> ExitCode {
+    let env = Env::from_process();
+    let command = cli.command.as_ref().unwrap_or(&Command::Run);
+    match command {
+        Command::Check => check(&cli, &env),
+        Command::Run => with_config(&cli, &env, |loaded| block_on(run(loaded))),
+        Command::Credentials { renew } => {
+            let renew = *renew;
+            with_config(&cli, &env, |loaded| block_on(credentials(loaded, renew)))
+        }
+        Command::Demo { max_events, interval } => demo(*max_events, *interval),
+    }
+}
+
+fn block_on(future: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => {
+            eprintln!("flupd: start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli, env: &Env) -> Result<Loaded, LoadError> {
+    let (path, required) = cli.config_path();
+    config::load(&path, required, env)
+}
+
+fn print_load_error(error: &LoadError) {
+    match error {
+        LoadError::Invalid { path, problems } => {
+            eprintln!("flupd: invalid configuration in {} ({} problems):", path.display(), problems.len());
+            for problem in problems.iter() {
+                eprintln!("  {problem}");
+            }
+        }
+        other => eprintln!("flupd: {other}"),
+    }
+}
+
+/// Loads the configuration, starts logging and logs the warnings, then
+/// runs `body`; exits with 64 when the configuration is invalid.
+fn with_config(cli: &Cli, env: &Env, body: impl FnOnce(Loaded) -> ExitCode) -> ExitCode {
+    let loaded = match load(cli, env) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            print_load_error(&error);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    logging::init(loaded.config.log.format, &loaded.config.log.level, !env.no_color());
+    for warning in &loaded.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+    body(loaded)
+}
+
+fn check(cli: &Cli, env: &Env) -> ExitCode {
+    let (path, _) = cli.config_path();
+    match load(cli, env) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                println!("warning: {}: {}", warning.key, warning.message);
+            }
+            let config = &loaded.config;
+            println!(
+                "{}: valid ({} topic filters, {} sinks: {})",
+                path.display(),
+                config.mqtt.topics.len(),
+                config.sinks.len(),
+                config.sinks.iter().map(|sink| format!("{} ({})", sink.name, sink.config.type_name())).collect::<Vec<_>>().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            print_load_error(&error);
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn run(loaded: Loaded) -> ExitCode {
+    match daemon::run(loaded.config, RunOptions::default()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "flupd stopped");
+            if error.is_configuration() { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn credentials(loaded: Loaded, renew: bool) -> ExitCode {
+    let store = match daemon::credential_store(&loaded.config) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("flupd: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = if renew { store.renew().await.map(Some) } else { store.read_cache() };
+    let credentials = match result {
+        Ok(Some(credentials)) => credentials,
+        Ok(None) => {
+            eprintln!(
+                "flupd: no cached credentials for this account at {}; run `flupd credentials --renew` or start flupd to fetch them",
+                store.path().display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("flupd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let now = Utc::now();
+    let age = (now - credentials.fetched_at).to_std().unwrap_or_default();
+    println!("path:      {}", store.path().display());
+    println!("client id: {}", credentials.client_id);
+    println!("endpoint:  {}", credentials.endpoint);
+    println!("fetched:   {} ({} ago)", credentials.fetched_at.format("%Y-%m-%dT%H:%M:%SZ"), whole_units(age));
+    match credentials.expires_at {
+        Some(expires_at) => {
+            let left = (expires_at - now).to_std().unwrap_or_default();
+            let state = if expires_at <= now {
+                "expired".to_owned()
+            } else if credentials.needs_renewal(now, store.renew_before()) {
+                format!("in {}, renewal due", whole_units(left))
+            } else {
+                format!("in {}", whole_units(left))
+            };
+            println!("expires:   {} ({state})", expires_at.format("%Y-%m-%dT%H:%M:%SZ"));
+        }
+        None => println!("expires:   unknown (the JWT carries no exp claim)"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Rounds a duration to the largest whole unit, as "3days" or "5h".
+fn whole_units(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    let rounded = match seconds {
+        0..60 => seconds,
+        60..3600 => seconds / 60 * 60,
+        3600..86400 => seconds / 3600 * 3600,
+        _ => seconds / 86400 * 86400,
+    };
+    humantime::format_duration(std::time::Duration::from_secs(rounded)).to_string()
+}
+
+#[cfg(feature = "demo")]
+fn demo(max_events: Option<u64>, interval: std::time::Duration) -> ExitCode {
+    logging::init(config::LogFormat::Text, "warn,flupd=info", true);
+    block_on(crate::demo::run(max_events, interval))
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo(_max_events: Option<u64>, _interval: std::time::Duration) -> ExitCode {
+    eprintln!("flupd: this build has no demo; run it with `cargo run --features demo -- demo`");
+    ExitCode::from(EXIT_USAGE)
+}
