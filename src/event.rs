@@ -393,3 +393,149 @@ fn classify_message(message: &str) -> EventKind {
         EventKind::Other
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "prd/FlightUpdate/LH/LH400/2026-07-22";
+
+    fn event(payload: &[u8]) -> Event {
+        Event::from_message(TOPIC, payload, 1, Utc::now())
+    }
+
+    #[test]
+    fn event_parses_documented_shape() {
+        let payload = br#"{"Update":{"Timestamp":"2026-07-22T12:48:58Z","Message":"New Estimated Departure","Code":"MVT ED"},
+            "Meta":{"@Version":"1.0.0","Link":[{"@Href":"https://api.lufthansa.com/v1/operations/flightstatus/LH400/2026-07-22","@Rel":"related"}]}}"#;
+        let event = event(payload);
+        assert_eq!(event.kind, EventKind::EstimatedDeparture);
+        assert_eq!(event.code.as_deref(), Some("MVT ED"));
+        assert_eq!(event.carrier.as_deref(), Some("LH"));
+        assert_eq!(event.flight.as_deref(), Some("LH400"));
+        assert_eq!(event.flight_date, NaiveDate::from_ymd_opt(2026, 7, 22));
+        assert_eq!(event.version.as_deref(), Some("1.0.0"));
+        assert_eq!(event.links.len(), 1);
+        assert_eq!(event.links[0].rel.as_deref(), Some("related"));
+        assert_eq!(event.update_time.as_ref().map(ToString::to_string).as_deref(), Some("2026-07-22T12:48:58Z"));
+        assert_eq!(event.payload_error, None);
+        assert_eq!(event.payload.as_deref().map(str::as_bytes), Some(&payload[..]));
+        assert!(event.unknown_fields.is_empty(), "{:?}", event.unknown_fields);
+    }
+
+    #[test]
+    fn event_parses_observed_shape() {
+        let payload = br#"{"Update":{"FlightNumber":"LH400","ScheduledFlightDate":"2026-07-22","ScheduledFlightTime":"13:55",
+            "Timestamp":"2026-07-22T12:48:58","Message":"Flight Cancelled","Gate":"B44"},
+            "Meta":{"@Version":"1.0.0","Link":{"@Href":"https://x.test/LH400","@Rel":"related"}}}"#;
+        let event = event(payload);
+        assert_eq!(event.kind, EventKind::Cancelled);
+        assert_eq!(event.code, None);
+        assert_eq!(event.payload_flight_number.as_deref(), Some("LH400"));
+        assert_eq!(event.scheduled_flight_time.as_deref(), Some("13:55"));
+        assert_eq!(event.links, vec![Link { href: "https://x.test/LH400".into(), rel: Some("related".into()) }]);
+        assert_eq!(event.update_time.as_ref().map(ToString::to_string).as_deref(), Some("2026-07-22T12:48:58"));
+        assert_eq!(event.unknown_fields.get("Update.Gate"), Some(&Value::String("B44".into())));
+    }
+
+    #[test]
+    fn event_accepts_timestamp_forms() {
+        for (text, shown) in [
+            ("2026-07-22T12:48:58Z", "2026-07-22T12:48:58Z"),
+            ("2026-07-22T14:48:58+02:00", "2026-07-22T12:48:58Z"),
+            ("2026-07-22T12:48:58", "2026-07-22T12:48:58"),
+            ("2026-07-22T12:48:58.250", "2026-07-22T12:48:58"),
+            ("2026-07-22:12:48:58", "2026-07-22T12:48:58"),
+            ("2026-07-22T12:48", "2026-07-22T12:48:00"),
+        ] {
+            let parsed = parse_timestamp(text).unwrap_or_else(|| panic!("{text} not parsed"));
+            assert_eq!(parsed.to_string(), shown, "{text}");
+        }
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn event_kind_from_code_and_text() {
+        let cases = [
+            (Some("MVT ED"), None, EventKind::EstimatedDeparture),
+            (Some("MVT EA"), None, EventKind::EstimatedArrival),
+            (Some("MVT AD"), None, EventKind::Departed),
+            (Some("MVT AA"), None, EventKind::Arrived),
+            (Some("Y"), None, EventKind::GateChange),
+            (Some("ASM CNL"), None, EventKind::Cancelled),
+            (Some("ASM NEW RIN"), None, EventKind::Reinstated),
+            (Some("ASM RPL DIV"), None, EventKind::Diverted),
+            (Some("ASM RPL RRT"), None, EventKind::Rerouted),
+            (Some("ASM TIM"), None, EventKind::ScheduleChange),
+            (Some("XYZ"), Some("Departed"), EventKind::Departed),
+            (None, Some("New Estimated Arrival"), EventKind::EstimatedArrival),
+            (None, Some("New Gate Information"), EventKind::GateChange),
+            (None, Some("Flight Cancelled"), EventKind::Cancelled),
+            (None, Some("Cancelled"), EventKind::Cancelled),
+            (None, Some("Reinstated"), EventKind::Reinstated),
+            (None, Some("Diverted"), EventKind::Diverted),
+            (None, Some("Rerouted"), EventKind::Rerouted),
+            (None, Some("Schedule Change"), EventKind::ScheduleChange),
+            (None, Some("Arrived"), EventKind::Arrived),
+            (None, Some("Something new"), EventKind::Other),
+            (None, None, EventKind::Other),
+        ];
+        for (code, message, expected) in cases {
+            assert_eq!(classify(code, message), expected, "{code:?} {message:?}");
+        }
+    }
+
+    #[test]
+    fn event_flags_non_json_and_non_utf8() {
+        let text = event(b"gate changed");
+        assert_eq!(text.payload_error, Some(PayloadError::NotJson));
+        assert_eq!(text.payload.as_deref(), Some("gate changed"));
+        assert_eq!(text.kind, EventKind::Other);
+
+        let binary = event(&[0xff, 0xfe, 0x00]);
+        assert_eq!(binary.payload_error, Some(PayloadError::NotUtf8));
+        assert_eq!(binary.payload, None);
+        assert_eq!(binary.payload_base64.as_deref(), Some("//4A"));
+
+        let array = event(b"[1,2]");
+        assert_eq!(array.payload_error, Some(PayloadError::UnexpectedShape));
+
+        let no_update = event(br#"{"Meta":{}}"#);
+        assert_eq!(no_update.payload_error, Some(PayloadError::UnexpectedShape));
+    }
+
+    #[test]
+    fn event_id_is_stable_and_distinct() {
+        let first = Event::from_message(TOPIC, b"{}", 1, Utc::now());
+        let second = Event::from_message(TOPIC, b"{}", 0, Utc::now());
+        assert_eq!(first.id, second.id);
+        assert_eq!(first.id.len(), 32);
+        assert_ne!(first.id, Event::from_message(TOPIC, b"{ }", 1, Utc::now()).id);
+        assert_ne!(first.id, Event::from_message("prd/FlightUpdate/LH/LH401/2026-07-22", b"{}", 1, Utc::now()).id);
+    }
+
+    #[test]
+    fn event_topic_is_authority_when_payload_disagrees() {
+        let event = event(br#"{"Update":{"FlightNumber":"LH0400","Message":"Departed"}}"#);
+        assert_eq!(event.flight.as_deref(), Some("LH400"));
+        assert_eq!(event.payload_flight_number.as_deref(), Some("LH0400"));
+    }
+
+    #[test]
+    fn event_json_round_trips() {
+        let original = event(br#"{"Update":{"Message":"Arrived","Timestamp":"2026-07-22T12:48:58","Extra":[1]},"Other":true}"#);
+        let json = serde_json::to_string(&original).unwrap();
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, original);
+        let value: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["kind"], "arrived");
+        assert_eq!(value["flight_date"], "2026-07-22");
+        assert_eq!(value["unknown_fields"]["Other"], true);
+    }
+
+    #[test]
+    fn event_numbers_where_strings_documented() {
+        let event = event(br#"{"Update":{"FlightNumber":400,"Message":"Departed"}}"#);
+        assert_eq!(event.payload_flight_number.as_deref(), Some("400"));
+    }
+}
