@@ -1,0 +1,190 @@
+//! Shared helpers for the integration tests: a stand-in of Lufthansa's side,
+//! a flupd process with its own configuration, and waiting on conditions.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flupd_standin::{Standin, StandinOptions};
+
+/// The API key and secret the stand-in accepts by default.
+pub const API_KEY: &str = "demo-key";
+pub const API_SECRET: &str = "demo-secret";
+
+/// Waits until `condition` holds, checking every 20 ms, and panics with
+/// `what` when `timeout` passes first.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async form of [`wait_until`].
+pub async fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn standin() -> Standin {
+    Standin::start(StandinOptions::default()).await.expect("stand-in starts")
+}
+
+/// A temporary directory with a flupd configuration pointing at a stand-in.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Setup {
+    /// Writes a configuration for `standin` with the given topic filters and
+    /// extra TOML (usually `[[sinks]]` tables). The secret goes in a file.
+    pub fn new(standin: &Standin, topics: &[&str], extra: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret_path = dir.path().join("client_secret");
+        std::fs::write(&secret_path, format!("{API_SECRET}\n")).unwrap();
+        let topics: Vec<String> = topics.iter().map(|topic| format!("{topic:?}")).collect();
+        let toml = format!(
+            r#"
+log_level = "info,flupd=debug"
+shutdown_timeout = "5s"
+
+[lufthansa]
+client_id = "{API_KEY}"
+client_secret_file = "{secret}"
+api_base = "{api_base}"
+client_prefix = "flupd"
+
+[mqtt]
+topics = [{topics}]
+host = "{host}"
+port = {port}
+ca_file = "{ca}"
+keepalive = "10s"
+reconnect_max_delay = "2s"
+
+[state]
+dir = "{state}"
+
+{extra}
+"#,
+            secret = secret_path.display(),
+            api_base = standin.api_base(),
+            topics = topics.join(", "),
+            host = standin.broker_host(),
+            port = standin.broker_port(),
+            ca = standin.ca_file().display(),
+            state = dir.path().join("state").display(),
+        );
+        let config_path = dir.path().join("flupd.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        Setup { dir, config_path }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `flupd run` with this configuration. Its standard output and
+    /// error go to files in the temporary directory.
+    pub fn start(&self) -> Flupd {
+        self.start_with(&["run"], &[])
+    }
+
+    pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Flupd {
+        let run = std::fs::read_dir(self.dir.path()).map(|entries| entries.count()).unwrap_or(0);
+        let stdout_path = self.path(&format!("stdout-{run}.log"));
+        let stderr_path = self.path(&format!("stderr-{run}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flupd"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("flupd starts");
+        Flupd { child, stdout_path, stderr_path }
+    }
+}
+
+/// A running flupd process. It is killed when dropped.
+pub struct Flupd {
+    pub child: Child,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Flupd {
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the logs contain `text`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        wait_until(timeout, &format!("log line {text:?}"), || self.stderr().contains(text));
+        let _ = self;
+    }
+
+    /// Waits until every filter is subscribed.
+    pub fn wait_subscribed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.stderr();
+            if logs.contains("subscribed") && logs.contains("refused=0") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "flupd did not subscribe within 30s; logs:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal delivered");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "flupd did not exit within {timeout:?}; logs:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flupd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a JSON Lines file; a missing file reads as empty.
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("invalid JSON line {line:?}: {error}")))
+        .collect()
+}
