@@ -45,7 +45,8 @@ fn event(topic: &str, payload: &str) -> Event {
     Event::from_message(topic, payload.as_bytes(), 1, received_at)
 }
 
-const DEPARTURE: &str = r#"{"Update":{"Code":"MVT ED","Message":"New Estimated Departure","Timestamp":"2024-05-01T12:30:00"}}"#;
+const DEPARTURE: &str =
+    r#"{"Update":{"Code":"MVT ED","Message":"New Estimated Departure","Timestamp":"2024-05-01T12:30:00"}}"#;
 
 #[tokio::test]
 async fn stdout_text_line_shows_known_fields() {

@@ -151,7 +151,7 @@ impl FileSink {
             // A panic while holding the lock leaves the writer usable: its
             // fields change only after the I/O that they describe succeeded.
             let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            task(&mut *writer)
+            task(&mut writer)
         })
         .await
         .map_err(|error| DeliveryError::retryable(format!("write events file: task failed: {error}")))?

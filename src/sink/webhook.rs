@@ -138,7 +138,8 @@ impl WebhookConfig {
         }
 
         if self.timeout.is_zero() {
-            problems.push(format!("{key}.timeout"), "invalid value 0s: expected a duration above zero, such as \"10s\"");
+            problems
+                .push(format!("{key}.timeout"), "invalid value 0s: expected a duration above zero, such as \"10s\"");
         }
         if self.retry_initial.is_zero() {
             problems.push(
@@ -222,13 +223,15 @@ pub struct WebhookSink {
 impl WebhookSink {
     /// Builds the HTTP client and reads the signing key file, if any.
     pub fn new(config: &WebhookConfig) -> Result<Self, DeliveryError> {
-        let url = parse_url(&config.url).map_err(|message| DeliveryError::permanent(format!("webhook url: {message}")))?;
+        let url =
+            parse_url(&config.url).map_err(|message| DeliveryError::permanent(format!("webhook url: {message}")))?;
         let display_url = redact_url(&url);
 
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let header_name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| DeliveryError::permanent(format!("webhook {display_url}: invalid header name {name:?}")))?;
+            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                DeliveryError::permanent(format!("webhook {display_url}: invalid header name {name:?}"))
+            })?;
             let mut header_value = HeaderValue::from_str(value.expose()).map_err(|_| {
                 DeliveryError::permanent(format!("webhook {display_url}: invalid value for header {name:?}"))
             })?;
@@ -317,8 +320,9 @@ impl WebhookSink {
             format!("POST {}: HTTP {status}: {excerpt}", self.display_url)
         };
 
-        let retryable =
-            status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        let retryable = status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error();
         if retryable {
             Err(DeliveryError { retry: Retry::After(retry_after), message })
         } else {
@@ -326,13 +330,14 @@ impl WebhookSink {
         }
     }
 
-    /// The delays between attempts to deliver one event: from
-    /// `retry_initial`, doubling up to `retry_max`.
+    /// Returns the backoff between attempts to deliver one event, starting
+    /// at `retry_initial` and doubling up to `retry_max`.
     pub fn retry_backoff(&self) -> Backoff {
         Backoff::new(self.retry_initial, self.retry_max)
     }
 
-    /// The URL as shown in logs and errors, without user info and query.
+    /// Returns the URL as shown in logs and errors, without user info and
+    /// query string.
     pub fn display_url(&self) -> &str {
         &self.display_url
     }
@@ -343,8 +348,8 @@ impl WebhookSink {
             let timeout = humantime::format_duration(self.timeout);
             return DeliveryError::retryable(format!("POST {url}: timed out after {timeout}"));
         }
-        let what = if error.is_connect() { "connection failed" } else { "request failed" };
-        DeliveryError::retryable(format!("POST {url}: {what}: {}", error_chain(&error.without_url())))
+        let failure = if error.is_connect() { "connection failed" } else { "request failed" };
+        DeliveryError::retryable(format!("POST {url}: {failure}: {}", error_chain(&error.without_url())))
     }
 }
 
@@ -373,9 +378,9 @@ fn read_signing_key(path: &PathBuf) -> Result<Secret, DeliveryError> {
     Ok(Secret::new(key))
 }
 
-/// Parses a `Retry-After` value: delay seconds or an HTTP date, in the
-/// preferred IMF-fixdate form or the obsolete RFC 850 and asctime forms
-/// that RFC 9110 says recipients must accept. A date in the past gives zero.
+/// Parses a `Retry-After` value: delay seconds, or an HTTP date in any of
+/// its three forms (IMF-fixdate, RFC 850 and asctime). A date in the past
+/// gives zero.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
@@ -491,10 +496,8 @@ mod tests {
         let problems = problems_for(json!({"url": "ftp://user:pw@host.invalid/x?token=t"}));
         assert_eq!(
             problems,
-            [
-                "sinks[1].url: invalid URL \"ftp://host.invalid/x\": scheme \"ftp\" is not supported; \
-                 expected an http or https URL"
-            ]
+            ["sinks[1].url: invalid URL \"ftp://host.invalid/x\": scheme \"ftp\" is not supported; \
+                 expected an http or https URL"]
         );
     }
 
