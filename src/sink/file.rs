@@ -160,6 +160,10 @@ impl FileSink {
 
 /// The file and the lines not yet written to it. Assumes that no other
 /// process writes to the file, apart from truncating it.
+///
+/// NOTE: a file renamed by another process, as logrotate does without
+/// `copytruncate`, keeps receiving lines until this sink rotates it or the
+/// daemon restarts, because the writer does not reopen the path.
 struct Writer {
     path: PathBuf,
     file: File,
