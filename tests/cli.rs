@@ -39,7 +39,9 @@ fn check_lists_every_problem_and_exits_64() {
     let output = flupd().args(["--config", path.to_str().unwrap(), "check"]).output().unwrap();
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in ["lufthansa.client_prefix", "lufthansa.client_secret", "mqtt.topics[0]", "mqtt.qos", "sinks[0].type"] {
+    for expected in
+        ["lufthansa.client_prefix", "lufthansa.client_secret", "mqtt.topics[0]", "mqtt.qos", "sinks[0].type"]
+    {
         assert!(stderr.contains(expected), "{expected} missing in:\n{stderr}");
     }
     assert!(stderr.contains(path.to_str().unwrap()), "the file is named: {stderr}");
@@ -136,6 +138,16 @@ fn demo_prints_events_and_exits() {
     let output = flupd().args(["demo", "--max-events", "5", "--interval", "50ms"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
-    let lines: Vec<&str> = stdout.lines().filter(|line| line.contains("prd/FlightUpdate") || line.contains("LH") || line.contains("LX") || line.contains("OS") || line.contains("EW") || line.contains("AZ")).collect();
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|line| {
+            line.contains("prd/FlightUpdate")
+                || line.contains("LH")
+                || line.contains("LX")
+                || line.contains("OS")
+                || line.contains("EW")
+                || line.contains("AZ")
+        })
+        .collect();
     assert_eq!(lines.len(), 5, "{stdout}");
 }

@@ -88,7 +88,11 @@ async fn restart_reuses_cached_credentials() {
         let mut flupd = setup.start();
         flupd.wait_subscribed();
         if run > 0 {
-            assert!(flupd.stderr().contains("origin=\"cache\"") || flupd.stderr().contains("origin=cache"), "{}", flupd.stderr());
+            assert!(
+                flupd.stderr().contains("origin=\"cache\"") || flupd.stderr().contains("origin=cache"),
+                "{}",
+                flupd.stderr()
+            );
         }
         flupd.signal(Signal::SIGINT);
         assert_eq!(flupd.wait_exit(TIMEOUT), 0);
@@ -165,7 +169,8 @@ async fn subscribes_many_filters_in_batches() {
 
     let events_path = dir.path().join("events.jsonl");
     wait_for(TIMEOUT, "3 events", || read_json_lines(&events_path).len() >= 3).await;
-    let flights: Vec<String> = read_json_lines(&events_path).iter().map(|event| event["flight"].as_str().unwrap().to_owned()).collect();
+    let flights: Vec<String> =
+        read_json_lines(&events_path).iter().map(|event| event["flight"].as_str().unwrap().to_owned()).collect();
     assert_eq!(flights, ["LH1", "LH95", "LH2"], "LH96 is outside every filter");
 }
 
@@ -207,7 +212,11 @@ path = "{all}"
     let flupd = setup.start();
     flupd.wait_subscribed();
 
-    for topic in ["prd/FlightUpdate/LX/LX18/2026-07-22", "prd/FlightUpdate/LH/LH400/2026-07-22", "prd/FlightUpdate/OS/OS87/2026-07-22"] {
+    for topic in [
+        "prd/FlightUpdate/LX/LX18/2026-07-22",
+        "prd/FlightUpdate/LH/LH400/2026-07-22",
+        "prd/FlightUpdate/OS/OS87/2026-07-22",
+    ] {
         standin.publish(topic, br#"{"Update":{"Message":"Departed"}}"#, 1).await.unwrap();
     }
     let all = dir.path().join("all.jsonl");

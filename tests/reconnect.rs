@@ -24,7 +24,10 @@ async fn broker_restart_reconnects_and_resubscribes() {
     standin.restart_broker().await.unwrap();
     // Without persistence the broker forgot the session, so flupd must
     // subscribe again before anything arrives.
-    wait_for(TIMEOUT, "a second subscription", || flupd.stderr().matches("subscribed granted").count() >= 2 || flupd.stderr().matches(" subscribed").count() >= 2).await;
+    wait_for(TIMEOUT, "a second subscription", || {
+        flupd.stderr().matches("subscribed granted").count() >= 2 || flupd.stderr().matches(" subscribed").count() >= 2
+    })
+    .await;
     standin.publish("prd/FlightUpdate/LH/LH400/2026-07-22", br#"{"Update":{"Message":"Departed"}}"#, 1).await.unwrap();
     let events = dir.path().join("events.jsonl");
     wait_for(TIMEOUT, "the event after the restart", || read_json_lines(&events).len() == 1).await;
@@ -45,7 +48,8 @@ async fn closed_port_is_retried_with_backoff() {
 
     let mut flupd = setup.start();
     let started = Instant::now();
-    wait_for(TIMEOUT, "five failed connection attempts", || flupd.stderr().matches("connection failed").count() >= 5).await;
+    wait_for(TIMEOUT, "five failed connection attempts", || flupd.stderr().matches("connection failed").count() >= 5)
+        .await;
     let elapsed = started.elapsed();
     // Delays double from 500 ms with jitter down to half: at least
     // 0.25 + 0.5 + 1 + 1 s (cap 2 s in this configuration) pass before the

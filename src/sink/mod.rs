@@ -203,7 +203,7 @@ impl std::error::Error for DeliveryError {}
 pub enum Sink {
     Stdout(stdout::StdoutSink),
     File(file::FileSink),
-    Webhook(webhook::WebhookSink),
+    Webhook(Box<webhook::WebhookSink>),
 }
 
 impl Sink {
@@ -213,7 +213,7 @@ impl Sink {
         Ok(match config {
             SinkConfig::Stdout(config) => Sink::Stdout(stdout::StdoutSink::new(config)),
             SinkConfig::File(config) => Sink::File(file::FileSink::open(config).await?),
-            SinkConfig::Webhook(config) => Sink::Webhook(webhook::WebhookSink::new(config)?),
+            SinkConfig::Webhook(config) => Sink::Webhook(Box::new(webhook::WebhookSink::new(config)?)),
         })
     }
 

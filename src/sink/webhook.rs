@@ -110,6 +110,12 @@ impl fmt::Debug for WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// Returns whether the table holds a secret written inline: the
+    /// signing key, or header values, which often carry tokens.
+    pub fn has_inline_secret(&self) -> bool {
+        self.signing_key.is_some() || !self.headers.is_empty()
+    }
+
     /// Checks the settings without network or file access.
     pub fn validate(&self, key: &str, problems: &mut Problems) {
         if let Err(message) = parse_url(&self.url) {
@@ -655,4 +661,3 @@ mod tests {
         assert!(error.message.contains("file is empty"), "{}", error.message);
     }
 }
-impl WebhookConfig { pub fn has_inline_secret(&self) -> bool { false } }
