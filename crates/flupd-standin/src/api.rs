@@ -176,12 +176,17 @@ async fn issue_token(
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
     shared.token_calls.fetch_add(1, Ordering::Relaxed);
-    let Ok(Form(fields)) = form else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+    let fields = match form {
+        Ok(Form(fields)) => fields,
+        Err(rejection) => {
+            tracing::info!(error = %rejection, "token request rejected: body is not a form");
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+        }
     };
     let (Some(client_id), Some(client_secret), Some(grant_type)) =
         (fields.get("client_id"), fields.get("client_secret"), fields.get("grant_type"))
     else {
+        tracing::info!("token request rejected: client_id, client_secret or grant_type missing");
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
     };
     if *client_id != shared.options.client_id || *client_secret != shared.options.client_secret {
@@ -189,6 +194,7 @@ async fn issue_token(
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     if grant_type != "client_credentials" {
+        tracing::info!(grant_type = %grant_type, "token request rejected: unsupported grant type");
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
 
@@ -218,13 +224,14 @@ async fn issue_credentials(
         return gateway_error(StatusCode::UNAUTHORIZED, "Not Authorized");
     }
 
-    // NOTE: the real gateway may answer XML when JSON is not requested. The stand-in rejects
+    // NOTE: the real gateway may return XML when JSON is not requested. The stand-in rejects
     // such requests so that a client that omits the header fails in tests.
     let accepts_json = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.contains("application/json"));
     if !accepts_json {
+        tracing::info!(prefix = %prefix, "credentials request rejected: Accept does not include application/json");
         return gateway_error(StatusCode::NOT_ACCEPTABLE, "Accept: application/json required");
     }
 
@@ -234,6 +241,7 @@ async fn issue_credentials(
         && prefix.len() <= 64
         && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !prefix_is_valid {
+        tracing::info!(prefix = %prefix, "credentials request rejected: invalid prefix");
         return gateway_error(StatusCode::BAD_REQUEST, "Invalid prefix");
     }
 

@@ -80,7 +80,8 @@ impl Broker {
 
         let acl_file = base.join("acl");
         // Pattern lines apply to every user. Clients only read, as on the real service, and
-        // only the admin user may publish.
+        // only the admin user may publish. mosquitto logs a harmless warning that the pattern
+        // contains neither %c nor %u.
         write_file(
             &acl_file,
             &format!("pattern read prd/#\n\nuser {ADMIN_USER}\ntopic readwrite prd/#\n"),
@@ -148,12 +149,12 @@ impl Broker {
         self.endpoint.options(&format!("{ADMIN_USER}-{n}"), ADMIN_USER, &self.admin_password)
     }
 
-    /// Whether the mosquitto process exists, frozen or not.
+    /// Returns whether the mosquitto process exists, frozen or not.
     pub fn is_running(&self) -> bool {
         self.pid.load(Ordering::SeqCst) != 0
     }
 
-    /// Whether mosquitto runs and is not frozen, so that a probe can get an answer.
+    /// Returns whether mosquitto runs and is not frozen, so that a probe gets a response.
     pub fn is_responsive(&self) -> bool {
         self.pid.load(Ordering::SeqCst) != 0 && !self.frozen.load(Ordering::SeqCst)
     }
@@ -211,7 +212,7 @@ impl Broker {
         self.spawn_and_wait().await
     }
 
-    /// Suspends mosquitto with SIGSTOP: connections stay open but nothing is answered.
+    /// Suspends mosquitto with SIGSTOP: connections stay open, but it processes no packets.
     pub fn freeze(&self) {
         match self.signal(Signal::SIGSTOP) {
             Ok(()) => self.frozen.store(true, Ordering::SeqCst),
@@ -290,16 +291,15 @@ impl Broker {
         let deadline = Instant::now() + START_TIMEOUT;
         let options = self.admin_options();
         loop {
-            if let Some(child) = child_slot.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    *child_slot = None;
-                    self.pid.store(0, Ordering::SeqCst);
-                    bail!(
-                        "mosquitto exited with {status} during start, config {}; log tail:\n{}",
-                        self.config_path.display(),
-                        self.log_tail()
-                    );
-                }
+            let exit_status = child_slot.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exit_status {
+                *child_slot = None;
+                self.pid.store(0, Ordering::SeqCst);
+                bail!(
+                    "mosquitto exited with {status} during start, config {}; log tail:\n{}",
+                    self.config_path.display(),
+                    self.log_tail()
+                );
             }
             let outcome = probe_once(options.clone()).await;
             if outcome == ProbeOutcome::Accepted {
@@ -329,9 +329,9 @@ struct ConfigPaths<'a> {
 
 fn render_config(paths: &ConfigPaths<'_>) -> String {
     let mut config = String::new();
-    // With `user root`, mosquitto started as root keeps running as root and can read the
-    // files in the private temporary directory; otherwise it switches to the `mosquitto`
-    // user. Started as another user, mosquitto ignores the option.
+    // Started as root, mosquitto switches to the `mosquitto` user, which cannot read the
+    // private temporary directory. `user root` keeps it running as root, and mosquitto
+    // started as another user ignores the option.
     config.push_str("user root\n");
     config.push_str("per_listener_settings false\n");
     config.push_str("allow_anonymous false\n");

@@ -77,7 +77,7 @@ impl Default for StandinOptions {
     }
 }
 
-/// A running stand-in. Dropping it kills mosquitto and stops the HTTP server;
+/// A running stand-in. Dropping it kills mosquitto and stops the HTTP server, and
 /// [`Standin::shutdown`] stops mosquitto gracefully instead.
 pub struct Standin {
     shared: Arc<Shared>,
@@ -170,7 +170,7 @@ impl Standin {
     }
 
     /// Removes an issued client id from the broker and returns once the broker rejects its
-    /// credentials. Revoking also applies to a client connected with them.
+    /// credentials. mosquitto also disconnects a client that is connected with them.
     pub async fn revoke(&self, client_id: &str) -> Result<()> {
         self.shared.revoke(client_id).await
     }
@@ -186,7 +186,7 @@ impl Standin {
         self.shared.broker.restart().await
     }
 
-    /// Suspends mosquitto with SIGSTOP: TCP connections stay open, but it answers nothing.
+    /// Suspends mosquitto with SIGSTOP: TCP connections stay open, but it processes no packets.
     pub fn freeze_broker(&self) {
         self.shared.broker.freeze();
     }

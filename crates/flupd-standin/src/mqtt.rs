@@ -55,7 +55,8 @@ impl BrokerEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProbeOutcome {
     Accepted,
-    /// The broker answered CONNACK with "not authorized" or "bad user name or password".
+    /// The broker rejected the CONNECT with return code "not authorized" or "bad user name or
+    /// password".
     Rejected,
     /// The connection failed before any CONNACK, for example because the broker is not
     /// listening yet.
@@ -153,12 +154,12 @@ pub(crate) async fn publish_once(options: MqttOptions, topic: &str, payload: &[u
                 .poll()
                 .await
                 .with_context(|| format!("publish on topic {topic} failed"))?;
-            let done = match (qos, event) {
-                (QoS::AtMostOnce, Event::Outgoing(Outgoing::Publish(_))) => true,
-                (QoS::AtLeastOnce, Event::Incoming(Packet::PubAck(_))) => true,
-                (QoS::ExactlyOnce, Event::Incoming(Packet::PubComp(_))) => true,
-                _ => false,
-            };
+            let done = matches!(
+                (qos, event),
+                (QoS::AtMostOnce, Event::Outgoing(Outgoing::Publish(_)))
+                    | (QoS::AtLeastOnce, Event::Incoming(Packet::PubAck(_)))
+                    | (QoS::ExactlyOnce, Event::Incoming(Packet::PubComp(_)))
+            );
             if done {
                 return anyhow::Ok(());
             }

@@ -101,15 +101,16 @@ struct Link {
 /// Generates the `n`-th sample update as `(topic, payload)`.
 ///
 /// The result depends only on `n` and `today`, so tests can predict what the publisher sends.
-/// Kind, flight, date (`today` or the day after) and shape vary with `n`: `n % 10` selects the
-/// kind, `(n / 10) % 4` the shape (0 is the documented shape, 1 to 3 the live-observed one with
-/// `Meta.Link` as an array, missing, or a bare object), so any [`SAMPLE_CYCLE`] consecutive
-/// samples starting at a multiple of it cover every kind in every shape.
+/// Kind, flight, date (`today` or the day after) and shape vary with `n`. `n % 10` selects the
+/// kind and `(n / 10) % 4` the shape. Shape 0 is the documented one, and shapes 1 to 3 are the
+/// live-observed one with `Meta.Link` as an array, missing, or a bare object. So any
+/// [`SAMPLE_CYCLE`] consecutive samples starting at a multiple of it cover every kind in every
+/// shape.
 pub fn sample_update(n: u64, today: NaiveDate) -> (String, Vec<u8>) {
     let kind = &KINDS[(n % KINDS.len() as u64) as usize];
     let (carrier, number, scheduled_time) = FLIGHTS[(n % FLIGHTS.len() as u64) as usize];
     let shape = (n / KINDS.len() as u64) % SHAPE_COUNT;
-    let date = if (n / 3) % 2 == 0 { today } else { today + DateDuration::days(1) };
+    let date = if (n / 3).is_multiple_of(2) { today } else { today + DateDuration::days(1) };
 
     let flight = format!("{carrier}{number}");
     let date_text = date.format("%Y-%m-%d").to_string();
@@ -162,4 +163,103 @@ pub fn sample_update(n: u64, today: NaiveDate) -> (String, Vec<u8>) {
 /// Returns the documented `Update.Code` of every kind the samples use.
 pub fn sample_codes() -> Vec<&'static str> {
     KINDS.iter().map(|kind| kind.code).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 7, 22).unwrap()
+    }
+
+    fn parsed(n: u64) -> (String, Value) {
+        let (topic, payload) = sample_update(n, today());
+        (topic, serde_json::from_slice(&payload).unwrap())
+    }
+
+    #[test]
+    fn sample_is_deterministic() {
+        assert_eq!(sample_update(7, today()), sample_update(7, today()));
+        assert_ne!(sample_update(7, today()), sample_update(8, today()));
+    }
+
+    #[test]
+    fn documented_shape_matches_documentation() {
+        let (topic, value) = parsed(0);
+        assert_eq!(topic, "prd/FlightUpdate/LH/LH400/2026-07-22");
+        assert_eq!(value["Update"]["Code"], "MVT ED");
+        assert_eq!(value["Update"]["Message"], "New Estimated Departure");
+        assert_eq!(value["Update"]["Timestamp"], "2026-07-22T06:00:00Z");
+        assert_eq!(value["Meta"]["@Version"], "1.0.0");
+        assert_eq!(
+            value["Meta"]["Link"],
+            serde_json::json!([{
+                "@Href": "https://api.lufthansa.com/v1/operations/flightstatus/LH400/2026-07-22",
+                "@Rel": "related"
+            }])
+        );
+        assert!(value["Update"].get("FlightNumber").is_none());
+    }
+
+    #[test]
+    fn cycle_covers_every_kind_and_shape() {
+        let mut documented_codes = HashSet::new();
+        let mut observed_messages = HashSet::new();
+        let mut link_forms = HashSet::new();
+        for n in 0..SAMPLE_CYCLE {
+            let (_, value) = parsed(n);
+            let update = &value["Update"];
+            let timestamp = update["Timestamp"].as_str().unwrap();
+            match update.get("Code") {
+                Some(code) => {
+                    documented_codes.insert(code.as_str().unwrap().to_owned());
+                    assert!(timestamp.ends_with('Z'), "sample {n}: {timestamp}");
+                }
+                None => {
+                    observed_messages.insert(update["Message"].as_str().unwrap().to_owned());
+                    assert!(!timestamp.ends_with('Z'), "sample {n}: {timestamp}");
+                    assert!(update["FlightNumber"].is_string(), "sample {n}");
+                    assert!(update["ScheduledFlightDate"].is_string(), "sample {n}");
+                    assert!(update["ScheduledFlightTime"].is_string(), "sample {n}");
+                    let form = match value["Meta"].get("Link") {
+                        None => "missing",
+                        Some(Value::Array(_)) => "array",
+                        Some(Value::Object(_)) => "object",
+                        Some(other) => panic!("sample {n}: unexpected Link {other}"),
+                    };
+                    link_forms.insert(form);
+                }
+            }
+        }
+        let expected_codes: HashSet<String> = sample_codes().into_iter().map(str::to_owned).collect();
+        assert_eq!(documented_codes, expected_codes);
+        assert_eq!(observed_messages.len(), KINDS.len());
+        assert!(observed_messages.contains("Flight Cancelled"));
+        assert_eq!(link_forms, HashSet::from(["missing", "array", "object"]));
+    }
+
+    #[test]
+    fn topics_cover_carriers_and_two_dates() {
+        let mut carriers = HashSet::new();
+        let mut dates = HashSet::new();
+        for n in 0..SAMPLE_CYCLE {
+            let (topic, _) = sample_update(n, today());
+            let parts: Vec<&str> = topic.split('/').collect();
+            assert_eq!(parts.len(), 5, "topic {topic}");
+            assert_eq!(&parts[..2], ["prd", "FlightUpdate"], "topic {topic}");
+            let (carrier, number) = parts[3].split_at(2);
+            assert_eq!(carrier, parts[2], "topic {topic}");
+            assert!(!number.starts_with('0'), "topic {topic}");
+            assert!(number.parse::<u32>().is_ok(), "topic {topic}");
+            carriers.insert(parts[2].to_owned());
+            dates.insert(parts[4].to_owned());
+        }
+        assert_eq!(carriers, HashSet::from(["LH", "LX", "OS", "EW", "AZ"].map(str::to_owned)));
+        assert_eq!(dates, HashSet::from(["2026-07-22".to_owned(), "2026-07-23".to_owned()]));
+    }
 }
