@@ -33,7 +33,9 @@ pub struct IssuedCredentials {
 pub enum ApiError {
     #[error("{url}: not authorized (HTTP {status}): {detail}; check lufthansa.client_id and the client secret")]
     NotAuthorized { url: String, status: u16, detail: String },
-    #[error("{url}: rate limit exceeded (HTTP {status}): {detail}; Lufthansa blocks the key for a while, so wait before calling again")]
+    #[error(
+        "{url}: rate limit exceeded (HTTP {status}): {detail}; Lufthansa blocks the key for a while, so wait before calling again"
+    )]
     RateLimited { url: String, status: u16, detail: String },
     #[error("{url}: HTTP {status}: {detail}")]
     Status { url: String, status: u16, detail: String },
@@ -127,8 +129,10 @@ impl LufthansaApi {
         ];
         let request = self.http.post(url.clone()).header("Accept", "application/json").form(&form);
         let body = send(request, &url).await?;
-        let response: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|error| ApiError::InvalidResponse { url: display_url(&url), detail: format!("expected a JSON object with access_token: {error}") })?;
+        let response: TokenResponse = serde_json::from_slice(&body).map_err(|error| ApiError::InvalidResponse {
+            url: display_url(&url),
+            detail: format!("expected a JSON object with access_token: {error}"),
+        })?;
 
         // Lufthansa documents 21600 s; without a value assume the least
         // that was ever documented rather than a day.
@@ -170,13 +174,15 @@ impl LufthansaApi {
         let value: Value = serde_json::from_slice(&body).map_err(|error| invalid(format!("not JSON: {error}")))?;
         let management = &value["CertificateManagementResource"]["CertificateManagement"];
         let field = |name: &str| {
-            management[name]
-                .as_str()
-                .filter(|text| !text.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| invalid(format!("CertificateManagementResource.CertificateManagement.{name} is missing")))
+            management[name].as_str().filter(|text| !text.is_empty()).map(str::to_owned).ok_or_else(|| {
+                invalid(format!("CertificateManagementResource.CertificateManagement.{name} is missing"))
+            })
         };
-        let credentials = IssuedCredentials { jwt: Secret::new(field("javaWebToken")?), client_id: field("clientID")?, endpoint: field("endpoint")? };
+        let credentials = IssuedCredentials {
+            jwt: Secret::new(field("javaWebToken")?),
+            client_id: field("clientID")?,
+            endpoint: field("endpoint")?,
+        };
         tracing::info!(url = %display_url(url), client_id = %credentials.client_id, endpoint = %credentials.endpoint, "mqtt credentials issued");
         Ok(credentials)
     }
@@ -206,7 +212,10 @@ impl LufthansaApi {
 /// answer means.
 async fn send(request: reqwest::RequestBuilder, url: &Url) -> Result<Vec<u8>, ApiError> {
     let shown = display_url(url);
-    let response = request.send().await.map_err(|error| ApiError::Transport { url: shown.clone(), message: transport_message(&error) })?;
+    let response = request
+        .send()
+        .await
+        .map_err(|error| ApiError::Transport { url: shown.clone(), message: transport_message(&error) })?;
     let status = response.status().as_u16();
     let body = response
         .bytes()
@@ -249,7 +258,9 @@ fn transport_message(error: &reqwest::Error) -> String {
 /// "Developer Over Rate" or "Account Over Queries Per Second Limit".
 fn is_rate_limit(status: u16, detail: &str) -> bool {
     let lower = detail.to_ascii_lowercase();
-    status == 429 || (status == 403 && (lower.contains("over rate") || lower.contains("over queries") || lower.contains("rate limit")))
+    status == 429
+        || (status == 403
+            && (lower.contains("over rate") || lower.contains("over queries") || lower.contains("rate limit")))
 }
 
 /// Extracts the readable part of an error body: the gateway's `Error`, the

@@ -84,7 +84,12 @@ fn check(cli: &Cli, env: &Env) -> ExitCode {
                 path.display(),
                 config.mqtt.topics.len(),
                 config.sinks.len(),
-                config.sinks.iter().map(|sink| format!("{} ({})", sink.name, sink.config.type_name())).collect::<Vec<_>>().join(", ")
+                config
+                    .sinks
+                    .iter()
+                    .map(|sink| format!("{} ({})", sink.name, sink.config.type_name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }

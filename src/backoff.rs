@@ -46,6 +46,8 @@ mod tests {
         assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
         let second = backoff.next_delay();
         assert!(second >= Duration::from_millis(500) && second <= Duration::from_secs(1));
+        let third = backoff.next_delay();
+        assert!(third >= Duration::from_secs(1) && third <= Duration::from_secs(2));
         for _ in 0..10 {
             let delay = backoff.next_delay();
             assert!(delay <= Duration::from_secs(4), "delay {delay:?} above cap");

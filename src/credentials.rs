@@ -92,7 +92,14 @@ pub struct CredentialStore {
 }
 
 impl CredentialStore {
-    pub fn new(state_dir: &Path, api: Arc<LufthansaApi>, api_base: String, api_key: String, client_prefix: String, renew_before: Duration) -> Self {
+    pub fn new(
+        state_dir: &Path,
+        api: Arc<LufthansaApi>,
+        api_base: String,
+        api_key: String,
+        client_prefix: String,
+        renew_before: Duration,
+    ) -> Self {
         Self { path: state_dir.join(CACHE_FILE), api, api_base, api_key, client_prefix, renew_before }
     }
 
@@ -117,7 +124,9 @@ impl CredentialStore {
         };
 
         match cached {
-            Some(credentials) if !credentials.needs_renewal(Utc::now(), self.renew_before) => Ok((credentials, Origin::Cache)),
+            Some(credentials) if !credentials.needs_renewal(Utc::now(), self.renew_before) => {
+                Ok((credentials, Origin::Cache))
+            }
             Some(credentials) => match self.renew().await {
                 Ok(renewed) => Ok((renewed, Origin::Fetched)),
                 // Credentials close to expiry still work until they expire.
@@ -210,7 +219,8 @@ impl CredentialStore {
         }
         // The mode given at creation is reduced by the umask, never widened,
         // so it is at most 0600; set it again in case the file pre-existed.
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod", &temporary))?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod", &temporary))?;
         std::fs::rename(&temporary, &self.path).map_err(io("rename", &self.path))?;
         if let Ok(dir) = std::fs::File::open(dir) {
             let _ = dir.sync_all();
@@ -223,17 +233,23 @@ impl CredentialStore {
 /// broker verifies it, and flupd only needs to know when to renew.
 pub fn jwt_expiry(jwt: &str) -> Result<Option<DateTime<Utc>>, String> {
     let mut parts = jwt.split('.');
-    let (Some(_header), Some(payload), Some(_signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("expected three dot-separated parts".to_owned());
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|error| format!("payload is not base64url: {error}"))?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| format!("payload is not JSON: {error}"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|error| format!("payload is not JSON: {error}"))?;
     match claims.get("exp") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(exp) => {
-            let seconds = exp.as_i64().or_else(|| exp.as_f64().map(|value| value as i64)).ok_or_else(|| format!("exp claim is not a number: {exp}"))?;
+            let seconds = exp
+                .as_i64()
+                .or_else(|| exp.as_f64().map(|value| value as i64))
+                .ok_or_else(|| format!("exp claim is not a number: {exp}"))?;
             DateTime::from_timestamp(seconds, 0).map(Some).ok_or_else(|| format!("exp claim out of range: {seconds}"))
         }
     }

@@ -70,7 +70,8 @@ pub fn read_secret(source: &SecretSource) -> Result<Secret, DaemonError> {
         SecretSource::Environment(secret) | SecretSource::Inline(secret) => return Ok(secret.clone()),
         SecretSource::File(path) | SecretSource::SystemdCredential(path) => path,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::SecretFile { path: path.clone(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| DaemonError::SecretFile { path: path.clone(), source })?;
     let secret = text.trim_end_matches(['\n', '\r']);
     if secret.is_empty() {
         return Err(DaemonError::EmptySecret(path.clone()));
@@ -82,7 +83,8 @@ pub fn read_secret(source: &SecretSource) -> Result<Secret, DaemonError> {
 pub fn credential_store(config: &Config) -> Result<CredentialStore, DaemonError> {
     let lufthansa = &config.lufthansa;
     let secret = read_secret(&lufthansa.client_secret)?;
-    let api = LufthansaApi::new(lufthansa.api_base.clone(), lufthansa.client_id.clone(), secret, lufthansa.request_timeout)?;
+    let api =
+        LufthansaApi::new(lufthansa.api_base.clone(), lufthansa.client_id.clone(), secret, lufthansa.request_timeout)?;
     Ok(CredentialStore::new(
         &config.state.dir,
         Arc::new(api),
@@ -129,15 +131,27 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
-    tracing::info!(sinks = routes.len(), topics = config.mqtt.topics.len(), startup_ms = started.elapsed().as_millis() as u64, "flupd started");
+    tracing::info!(
+        sinks = routes.len(),
+        topics = config.mqtt.topics.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "flupd started"
+    );
 
-    let mut dispatcher = Dispatcher { routes, acker: running.acker, stats: DispatchStats::default(), max_events: options.max_events, shutdown: shutdown.clone() };
+    let mut dispatcher = Dispatcher {
+        routes,
+        acker: running.acker,
+        stats: DispatchStats::default(),
+        max_events: options.max_events,
+        shutdown: shutdown.clone(),
+    };
     dispatcher.run(messages_rx).await;
 
     shutdown.cancel();
     tracker.close();
     let routes = std::mem::take(&mut dispatcher.routes);
-    let stats: Vec<(String, Arc<SinkStats>)> = routes.iter().map(|route| (route.spec.name.clone(), route.stats.clone())).collect();
+    let stats: Vec<(String, Arc<SinkStats>)> =
+        routes.iter().map(|route| (route.spec.name.clone(), route.stats.clone())).collect();
     drop(routes);
     drop(dispatcher.acker);
 
@@ -195,7 +209,8 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
 
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers, SIGTERM will not drain the sinks");
         return;
     };

@@ -363,10 +363,8 @@ fn classify_code(code: &str) -> Option<EventKind> {
 }
 
 fn classify_message(message: &str) -> EventKind {
-    let text: String = message
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { ' ' })
-        .collect();
+    let text: String =
+        message.chars().map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { ' ' }).collect();
     let has = |word: &str| text.split_whitespace().any(|w| w == word);
 
     if has("estimated") && has("departure") {
@@ -425,7 +423,8 @@ mod tests {
 
     #[test]
     fn event_parses_observed_shape() {
-        let payload = br#"{"Update":{"FlightNumber":"LH400","ScheduledFlightDate":"2026-07-22","ScheduledFlightTime":"13:55",
+        let payload =
+            br#"{"Update":{"FlightNumber":"LH400","ScheduledFlightDate":"2026-07-22","ScheduledFlightTime":"13:55",
             "Timestamp":"2026-07-22T12:48:58","Message":"Flight Cancelled","Gate":"B44"},
             "Meta":{"@Version":"1.0.0","Link":{"@Href":"https://x.test/LH400","@Rel":"related"}}}"#;
         let event = event(payload);
@@ -523,7 +522,8 @@ mod tests {
 
     #[test]
     fn event_json_round_trips() {
-        let original = event(br#"{"Update":{"Message":"Arrived","Timestamp":"2026-07-22T12:48:58","Extra":[1]},"Other":true}"#);
+        let original =
+            event(br#"{"Update":{"Message":"Arrived","Timestamp":"2026-07-22T12:48:58","Extra":[1]},"Other":true}"#);
         let json = serde_json::to_string(&original).unwrap();
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, original);

@@ -74,7 +74,10 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsErr
             .and_then(|iter| iter.collect())
             .map_err(|source| TlsError::CaFile { path: path.to_owned(), source })?;
         if certificates.is_empty() {
-            return Err(TlsError::CaCertificate { path: path.to_owned(), detail: "the file holds no PEM certificate".to_owned() });
+            return Err(TlsError::CaCertificate {
+                path: path.to_owned(),
+                detail: "the file holds no PEM certificate".to_owned(),
+            });
         }
         for certificate in certificates {
             roots
@@ -111,7 +114,9 @@ pub fn options(config: &MqttConfig, credentials: &MqttCredentials, tls: Arc<rust
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Connecting,
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     /// Connected and every topic filter granted by the broker.
     Subscribed,
     Stopped,
@@ -177,17 +182,11 @@ pub fn start(
         pending: pending.clone(),
         state: state_tx.clone(),
     };
-    let subscriber = tracker.spawn(subscriber.run(connack_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
+    let subscriber =
+        tracker.spawn(subscriber.run(connack_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
 
-    let poller = Poller {
-        event_loop,
-        client: client.clone(),
-        link,
-        messages,
-        pending,
-        connack: connack_tx,
-        state: state_tx,
-    };
+    let poller =
+        Poller { event_loop, client: client.clone(), link, messages, pending, connack: connack_tx, state: state_tx };
     let event_loop = tracker.spawn(poller.run(cancel).instrument(tracing::info_span!("mqtt")));
 
     Running { acker: Acker { client }, state: state_rx, event_loop, subscriber }
@@ -308,7 +307,10 @@ impl Poller {
         })
         .await;
         if flushed.is_err() {
-            tracing::warn!(timeout_ms = DISCONNECT_TIMEOUT.as_millis() as u64, "DISCONNECT not sent before the timeout");
+            tracing::warn!(
+                timeout_ms = DISCONNECT_TIMEOUT.as_millis() as u64,
+                "DISCONNECT not sent before the timeout"
+            );
         }
     }
 }
@@ -356,7 +358,8 @@ impl Subscriber {
             if let Ok(mut pending) = self.pending.lock() {
                 *pending = Some(waiter);
             }
-            let filters: Vec<SubscribeFilter> = chunk.iter().map(|filter| SubscribeFilter::new(filter.to_string(), self.qos)).collect();
+            let filters: Vec<SubscribeFilter> =
+                chunk.iter().map(|filter| SubscribeFilter::new(filter.to_string(), self.qos)).collect();
             if self.client.subscribe_many(filters).await.is_err() {
                 return false;
             }
@@ -368,25 +371,16 @@ impl Subscriber {
                     return false;
                 }
                 Err(_) => {
-                    tracing::warn!(timeout_ms = self.suback_timeout.as_millis() as u64, "no SUBACK before the timeout, subscribing again after reconnect");
+                    tracing::warn!(
+                        timeout_ms = self.suback_timeout.as_millis() as u64,
+                        "no SUBACK before the timeout, subscribing again after reconnect"
+                    );
                     return false;
                 }
             };
-            if codes.len() != chunk.len() {
-                tracing::error!(sent = chunk.len(), answered = codes.len(), "SUBACK does not match the SUBSCRIBE");
-            }
-            for (filter, code) in chunk.iter().zip(codes) {
-                match code {
-                    SubscribeReasonCode::Success(qos) => {
-                        granted += 1;
-                        tracing::debug!(topic = %filter, granted_qos = qos as u8, "subscription granted");
-                    }
-                    SubscribeReasonCode::Failure => {
-                        refused += 1;
-                        tracing::error!(topic = %filter, "subscription refused by the broker");
-                    }
-                }
-            }
+            let (chunk_granted, chunk_refused) = check_suback(chunk, codes);
+            granted += chunk_granted;
+            refused += chunk_refused;
         }
 
         tracing::info!(granted, refused, "subscribed");
@@ -395,6 +389,30 @@ impl Subscriber {
         }
         true
     }
+}
+
+/// Matches SUBACK return codes to the filters of their SUBSCRIBE, logging
+/// each refused filter at ERROR. Returns the numbers granted and refused; a
+/// filter without a return code counts as refused.
+fn check_suback(filters: &[TopicFilter], codes: Vec<SubscribeReasonCode>) -> (usize, usize) {
+    if codes.len() != filters.len() {
+        tracing::error!(sent = filters.len(), answered = codes.len(), "SUBACK does not match the SUBSCRIBE");
+    }
+    let mut granted = 0;
+    let mut refused = 0;
+    for (index, filter) in filters.iter().enumerate() {
+        match codes.get(index) {
+            Some(SubscribeReasonCode::Success(qos)) => {
+                granted += 1;
+                tracing::debug!(topic = %filter, granted_qos = *qos as u8, "subscription granted");
+            }
+            Some(SubscribeReasonCode::Failure) | None => {
+                refused += 1;
+                tracing::error!(topic = %filter, "subscription refused by the broker");
+            }
+        }
+    }
+    (granted, refused)
 }
 
 fn is_refused_credentials(error: &ConnectionError) -> bool {
@@ -414,10 +432,81 @@ fn describe(error: &ConnectionError) -> String {
             "broker refused the connection: bad user name or password".to_owned()
         }
         ConnectionError::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
-        ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size))) => {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+        )) => {
             format!("incoming packet of {size} bytes exceeds mqtt.max_packet_size")
         }
         ConnectionError::NetworkTimeout => "network timeout".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects formatted log lines in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn filters(texts: &[&str]) -> Vec<TopicFilter> {
+        texts.iter().map(|text| TopicFilter::parse(text).unwrap()).collect()
+    }
+
+    // mosquitto 2.0 grants every MQTT 3.1.1 subscription, even one its ACL
+    // denies, so refusals are tested here rather than against the broker.
+    #[test]
+    fn suback_refusals_logged_at_error() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let sent = filters(&["prd/FlightUpdate/LH/#", "prd/FlightUpdate/LX/#", "prd/FlightUpdate/OS/#"]);
+        let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce), SubscribeReasonCode::Failure];
+
+        let counts = tracing::subscriber::with_default(subscriber, || check_suback(&sent, codes));
+
+        assert_eq!(counts, (1, 2));
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let refusals: Vec<&str> = logs.lines().filter(|line| line.contains("subscription refused")).collect();
+        assert_eq!(refusals.len(), 2, "{logs}");
+        assert!(refusals.iter().all(|line| line.contains("ERROR")), "{logs}");
+        assert!(refusals[0].contains("prd/FlightUpdate/LX/#"), "{logs}");
+        assert!(refusals[1].contains("prd/FlightUpdate/OS/#"), "{logs}");
+        assert!(logs.contains("SUBACK does not match"), "{logs}");
+    }
+
+    #[test]
+    fn suback_all_granted() {
+        let sent = filters(&["prd/FlightUpdate/LH/#", "prd/FlightUpdate/LX/#"]);
+        let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce), SubscribeReasonCode::Success(QoS::AtMostOnce)];
+        assert_eq!(check_suback(&sent, codes), (2, 0));
+    }
+
+    #[test]
+    fn tls_config_names_bad_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = tls_config(Some(&missing)).unwrap_err().to_string();
+        assert!(error.contains(missing.to_str().unwrap()), "{error}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let error = tls_config(Some(&empty)).unwrap_err().to_string();
+        assert!(error.contains("empty.pem") && error.contains("no PEM certificate"), "{error}");
     }
 }

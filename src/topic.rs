@@ -17,14 +17,9 @@ impl FlightTopic {
     /// Parses a concrete topic. Returns `None` for any other layout.
     pub fn parse(topic: &str) -> Option<FlightTopic> {
         let mut levels = topic.split('/');
-        let (Some(_env), Some("FlightUpdate"), Some(carrier), Some(flight), Some(date), None) = (
-            levels.next(),
-            levels.next(),
-            levels.next(),
-            levels.next(),
-            levels.next(),
-            levels.next(),
-        ) else {
+        let (Some(_env), Some("FlightUpdate"), Some(carrier), Some(flight), Some(date), None) =
+            (levels.next(), levels.next(), levels.next(), levels.next(), levels.next(), levels.next())
+        else {
             return None;
         };
         if carrier.is_empty() || flight.is_empty() {
@@ -149,7 +144,8 @@ mod tests {
 
     #[test]
     fn filter_accepts_valid_wildcards() {
-        for text in ["prd/FlightUpdate/LH/+/2026-07-22", "prd/FlightUpdate/#", "#", "+", "prd/FlightUpdate/LH/LH400/+"] {
+        for text in ["prd/FlightUpdate/LH/+/2026-07-22", "prd/FlightUpdate/#", "#", "+", "prd/FlightUpdate/LH/LH400/+"]
+        {
             assert!(TopicFilter::parse(text).is_ok(), "{text} rejected");
         }
     }

@@ -182,7 +182,8 @@ pub fn load(path: &Path, required: bool, env: &Env) -> Result<Loaded, LoadError>
 }
 
 fn has_inline_secret(config: &Config) -> bool {
-    matches!(config.lufthansa.client_secret, SecretSource::Inline(_)) || config.sinks.iter().any(|sink| sink.has_inline_secret())
+    matches!(config.lufthansa.client_secret, SecretSource::Inline(_))
+        || config.sinks.iter().any(|sink| sink.has_inline_secret())
 }
 
 fn is_readable_by_others(path: &Path) -> bool {
@@ -198,10 +199,8 @@ pub enum StrError {
 
 /// Loads a configuration from TOML text and the environment's overrides.
 pub fn load_str(toml: &str, env: &Env) -> Result<Loaded, StrError> {
-    let environment = config::Environment::with_prefix("FLUPD")
-        .prefix_separator("_")
-        .separator("__")
-        .source(Some(env.overrides()));
+    let environment =
+        config::Environment::with_prefix("FLUPD").prefix_separator("_").separator("__").source(Some(env.overrides()));
     let raw = config::Config::builder()
         .add_source(config::File::from_str(toml, config::FileFormat::Toml))
         .add_source(environment)
@@ -323,7 +322,10 @@ impl Reader<'_> {
         let text = self.string(key)?;
         let path = PathBuf::from(&text);
         if !path.is_absolute() {
-            self.problems.push(key, format!("invalid path {text:?}: must be absolute, because flupd may run from any directory"));
+            self.problems.push(
+                key,
+                format!("invalid path {text:?}: must be absolute, because flupd may run from any directory"),
+            );
             return None;
         }
         Some(path)
@@ -363,10 +365,7 @@ impl Reader<'_> {
         let inline = self.string("lufthansa.client_secret").map(Secret::new);
         let file = self.path("lufthansa.client_secret_file");
         if inline.is_some() && file.is_some() {
-            self.problems.push(
-                "lufthansa.client_secret",
-                "set either client_secret or client_secret_file, not both",
-            );
+            self.problems.push("lufthansa.client_secret", "set either client_secret or client_secret_file, not both");
         }
         let client_secret = if let Some(secret) = env.client_secret() {
             Some(SecretSource::Environment(secret))
@@ -388,7 +387,12 @@ impl Reader<'_> {
         let api_base = match Url::parse(api_base_text.trim_end_matches('/')) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
             Ok(_) => {
-                self.problems.push("lufthansa.api_base", format!("invalid URL {api_base_text:?}: expected an http or https URL such as https://api.lufthansa.com"));
+                self.problems.push(
+                    "lufthansa.api_base",
+                    format!(
+                        "invalid URL {api_base_text:?}: expected an http or https URL such as https://api.lufthansa.com"
+                    ),
+                );
                 None
             }
             Err(error) => {
@@ -454,7 +458,10 @@ impl Reader<'_> {
         let host = self.string("mqtt.host");
         if let Some(host) = &host {
             if host.contains(['/', ':', ' ']) && !host.starts_with('[') {
-                self.problems.push("mqtt.host", format!("invalid host {host:?}: give a host name or address only, and the port in mqtt.port"));
+                self.problems.push(
+                    "mqtt.host",
+                    format!("invalid host {host:?}: give a host name or address only, and the port in mqtt.port"),
+                );
             }
         }
         let port = self.optional::<u16>("mqtt.port", "a port number from 1 to 65535").unwrap_or(8883);
@@ -464,19 +471,31 @@ impl Reader<'_> {
         let ca_file = self.path("mqtt.ca_file");
         let qos = self.optional::<u8>("mqtt.qos", "0 or 1").unwrap_or(1);
         if qos > 1 {
-            self.problems.push("mqtt.qos", format!("invalid value {qos}: expected 0 or 1, because the broker grants at most QoS 1"));
+            self.problems.push(
+                "mqtt.qos",
+                format!("invalid value {qos}: expected 0 or 1, because the broker grants at most QoS 1"),
+            );
         }
         let keepalive = self.duration("mqtt.keepalive", Duration::from_secs(60));
         if keepalive < Duration::from_secs(5) || keepalive > Duration::from_secs(65535) {
-            self.problems.push("mqtt.keepalive", format!("invalid value {}: expected between 5s and 65535s", humantime::format_duration(keepalive)));
+            self.problems.push(
+                "mqtt.keepalive",
+                format!("invalid value {}: expected between 5s and 65535s", humantime::format_duration(keepalive)),
+            );
         }
         let max_packet_size = self.optional::<u64>("mqtt.max_packet_size", "a size in bytes").unwrap_or(1024 * 1024);
         if !(1024..=256 * 1024 * 1024).contains(&max_packet_size) {
-            self.problems.push("mqtt.max_packet_size", format!("invalid value {max_packet_size}: expected between 1024 and 268435456 bytes"));
+            self.problems.push(
+                "mqtt.max_packet_size",
+                format!("invalid value {max_packet_size}: expected between 1024 and 268435456 bytes"),
+            );
         }
         let reconnect_max_delay = self.duration("mqtt.reconnect_max_delay", Duration::from_secs(60));
         if reconnect_max_delay < Duration::from_secs(1) {
-            self.problems.push("mqtt.reconnect_max_delay", "invalid value: expected at least 1s, so that a refused connection is never retried in a tight loop");
+            self.problems.push(
+                "mqtt.reconnect_max_delay",
+                "invalid value: expected at least 1s, so that a refused connection is never retried in a tight loop",
+            );
         }
         let clean_session = self.optional::<bool>("mqtt.clean_session", "true or false").unwrap_or(false);
 
@@ -494,10 +513,8 @@ impl Reader<'_> {
     }
 
     fn state(&mut self, env: &Env) -> StateConfig {
-        let dir = self
-            .path("state.dir")
-            .or_else(|| env.state_directory())
-            .unwrap_or_else(|| PathBuf::from("/var/lib/flupd"));
+        let dir =
+            self.path("state.dir").or_else(|| env.state_directory()).unwrap_or_else(|| PathBuf::from("/var/lib/flupd"));
         StateConfig { dir }
     }
 
@@ -526,7 +543,10 @@ impl Reader<'_> {
                 sink.name = format!("{}-{}", sink.name, index);
             }
             if sinks.iter().any(|other| other.name == sink.name) {
-                self.problems.push(format!("{key}.name"), format!("duplicate sink name {:?}: give each sink its own name", sink.name));
+                self.problems.push(
+                    format!("{key}.name"),
+                    format!("duplicate sink name {:?}: give each sink its own name", sink.name),
+                );
             }
             sinks.push(sink);
         }
@@ -649,7 +669,8 @@ mod tests {
         let from_env = load_str(&toml, &env(&[("FLUPD_CLIENT_SECRET", "e")])).unwrap().config;
         assert_eq!(from_env.lufthansa.client_secret, SecretSource::Environment(Secret::new("e")));
 
-        let systemd = load_str(&toml, &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/flupd.service")])).unwrap().config;
+        let systemd =
+            load_str(&toml, &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/flupd.service")])).unwrap().config;
         assert_eq!(
             systemd.lufthansa.client_secret,
             SecretSource::SystemdCredential(PathBuf::from("/run/credentials/flupd.service/client_secret"))

@@ -27,7 +27,12 @@ pub struct SinkStats {
 /// Delivers every event from `queue` to `sink` until the queue closes and
 /// is empty, or until `hard_stop` fires. Retryable failures are retried
 /// with the sink's backoff, for as long as it takes.
-pub async fn drive(mut sink: Sink, mut queue: mpsc::Receiver<Arc<Event>>, stats: Arc<SinkStats>, hard_stop: CancellationToken) {
+pub async fn drive(
+    mut sink: Sink,
+    mut queue: mpsc::Receiver<Arc<Event>>,
+    stats: Arc<SinkStats>,
+    hard_stop: CancellationToken,
+) {
     loop {
         let event = match queue.try_recv() {
             Ok(event) => event,

@@ -126,7 +126,10 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
         Some(value) => match value.as_u64() {
             Some(capacity @ 1..=10_000_000) => capacity as usize,
             _ => {
-                problems.push(format!("{key}.queue_capacity"), format!("invalid value {value}: expected a number of events from 1 to 10000000"));
+                problems.push(
+                    format!("{key}.queue_capacity"),
+                    format!("invalid value {value}: expected a number of events from 1 to 10000000"),
+                );
                 DEFAULT_QUEUE_CAPACITY
             }
         },

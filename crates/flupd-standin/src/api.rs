@@ -152,7 +152,9 @@ impl Shared {
             };
             match shared.revoke(&client_id).await {
                 Ok(()) => tracing::info!(client_id = %client_id, "token expired; client id removed from the broker"),
-                Err(error) => tracing::warn!(client_id = %client_id, error = %format!("{error:#}"), "failed to remove an expired client id from the broker"),
+                Err(error) => {
+                    tracing::warn!(client_id = %client_id, error = %format!("{error:#}"), "failed to remove an expired client id from the broker")
+                }
             }
         });
     }

@@ -82,10 +82,7 @@ impl Broker {
         // Pattern lines apply to every user. Clients only read, as on the real service, and
         // only the admin user may publish. mosquitto logs a harmless warning that the pattern
         // contains neither %c nor %u.
-        write_file(
-            &acl_file,
-            &format!("pattern read prd/#\n\nuser {ADMIN_USER}\ntopic readwrite prd/#\n"),
-        )?;
+        write_file(&acl_file, &format!("pattern read prd/#\n\nuser {ADMIN_USER}\ntopic readwrite prd/#\n"))?;
 
         let password_file = base.join("passwords");
         let admin_password = random_token(32);
@@ -256,7 +253,8 @@ impl Broker {
             bail!("mosquitto is not running, so {signal} was not sent");
         }
         let raw_pid = i32::try_from(pid).with_context(|| format!("process id {pid} out of range"))?;
-        kill(Pid::from_raw(raw_pid), signal).with_context(|| format!("failed to send {signal} to mosquitto (pid {pid})"))
+        kill(Pid::from_raw(raw_pid), signal)
+            .with_context(|| format!("failed to send {signal} to mosquitto (pid {pid})"))
     }
 
     async fn spawn_and_wait(&self) -> Result<()> {
@@ -387,11 +385,8 @@ async fn run_passwd_tool(
     if let Some(password) = password {
         command.arg(password);
     }
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("failed to run {}", tool.display()))?;
+    let output =
+        command.stdin(Stdio::null()).output().await.with_context(|| format!("failed to run {}", tool.display()))?;
     if !output.status.success() {
         bail!(
             "{} {} {} {username} failed with {}: {}",

@@ -27,7 +27,8 @@ pub(crate) struct JwtSigner {
 
 impl JwtSigner {
     pub fn generate() -> Result<Self> {
-        let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow!("failed to generate the RSA key for signing tokens"))?;
+        let key = KeyPair::generate(KeySize::Rsa2048)
+            .map_err(|_| anyhow!("failed to generate the RSA key for signing tokens"))?;
         Ok(Self { key })
     }
 

@@ -47,9 +47,14 @@ impl BrokerEndpoint {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(self.tls.clone())));
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(true);
+        // rumqttc's default limit is 10 KiB; tests publish larger messages.
+        options.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
         options
     }
 }
+
+/// Largest packet the stand-in's own clients send or accept, in bytes.
+const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
 
 /// Result of one probe connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,10 +155,7 @@ pub(crate) async fn publish_once(options: MqttOptions, topic: &str, payload: &[u
 
     let delivered = async {
         loop {
-            let event = eventloop
-                .poll()
-                .await
-                .with_context(|| format!("publish on topic {topic} failed"))?;
+            let event = eventloop.poll().await.with_context(|| format!("publish on topic {topic} failed"))?;
             let done = matches!(
                 (qos, event),
                 (QoS::AtMostOnce, Event::Outgoing(Outgoing::Publish(_)))

@@ -15,8 +15,16 @@ struct UpdateKind {
 /// the documented ones ("Flight Cancelled" has been seen next to "Cancelled"). The other
 /// observed texts are assumptions, not recordings.
 const KINDS: [UpdateKind; 10] = [
-    UpdateKind { code: "MVT ED", documented_message: "New Estimated Departure", observed_message: "New Estimated Departure" },
-    UpdateKind { code: "MVT EA", documented_message: "New Estimated Arrival", observed_message: "New Estimated Arrival" },
+    UpdateKind {
+        code: "MVT ED",
+        documented_message: "New Estimated Departure",
+        observed_message: "New Estimated Departure",
+    },
+    UpdateKind {
+        code: "MVT EA",
+        documented_message: "New Estimated Arrival",
+        observed_message: "New Estimated Arrival",
+    },
     UpdateKind { code: "MVT AD", documented_message: "Departed", observed_message: "Flight Departed" },
     UpdateKind { code: "MVT AA", documented_message: "Arrived", observed_message: "Flight Arrived" },
     UpdateKind { code: "Y", documented_message: "New Gate Information", observed_message: "New Gate Information" },

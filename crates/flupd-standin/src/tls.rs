@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
@@ -41,9 +40,7 @@ pub(crate) fn generate_pki() -> Result<GeneratedPki> {
     server_params.key_usages.push(KeyUsagePurpose::DigitalSignature);
     server_params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
     let server_key = KeyPair::generate().context("failed to generate the server key")?;
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .context("failed to sign the server certificate")?;
+    let server_cert = server_params.signed_by(&server_key, &issuer).context("failed to sign the server certificate")?;
 
     Ok(GeneratedPki {
         ca_pem: ca_cert.pem(),
