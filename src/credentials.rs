@@ -34,6 +34,11 @@ pub struct MqttCredentials {
 }
 
 impl MqttCredentials {
+    /// The expiry for logs: RFC 3339, or `unknown` without an `exp` claim.
+    pub fn expires_display(&self) -> String {
+        self.expires_at.map_or_else(|| "unknown".to_owned(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+
     /// Whether these credentials are past `expires_at - renew_before` at `now`.
     pub fn needs_renewal(&self, now: DateTime<Utc>, renew_before: Duration) -> bool {
         match self.expires_at {
@@ -131,7 +136,7 @@ impl CredentialStore {
                 Ok(renewed) => Ok((renewed, Origin::Fetched)),
                 // Credentials close to expiry still work until they expire.
                 Err(error) if credentials.expires_at.is_some_and(|at| at > Utc::now()) => {
-                    tracing::warn!(%error, client_id = %credentials.client_id, expires_at = ?credentials.expires_at, "credentials renewal failed, using cached credentials until they expire");
+                    tracing::warn!(%error, client_id = %credentials.client_id, expires_at = %credentials.expires_display(), "credentials renewal failed, using cached credentials until they expire");
                     Ok((credentials, Origin::Cache))
                 }
                 Err(error) => Err(error),
@@ -152,7 +157,7 @@ impl CredentialStore {
             expires_at,
         };
         self.write_cache(&credentials)?;
-        tracing::info!(client_id = %credentials.client_id, expires_at = ?credentials.expires_at, path = %self.path.display(), "credentials cached");
+        tracing::info!(client_id = %credentials.client_id, expires_at = %credentials.expires_display(), path = %self.path.display(), "credentials cached");
         Ok(credentials)
     }
 

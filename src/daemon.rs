@@ -194,7 +194,7 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
                     Origin::Cache => "cache",
                     Origin::Fetched => "api",
                 };
-                tracing::info!(client_id = %credentials.client_id, origin, expires_at = ?credentials.expires_at, "mqtt credentials ready");
+                tracing::info!(client_id = %credentials.client_id, origin, expires_at = %credentials.expires_display(), "mqtt credentials ready");
                 return Ok(credentials);
             }
             Err(CredentialsError::Api(error)) if error.is_retryable() => {
