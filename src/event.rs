@@ -78,6 +78,11 @@ pub struct Event {
     /// The payload in standard base64 when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// Set when a sink may have received this event before: the broker
+    /// redelivered the message (MQTT DUP flag), or flupd restarted before it
+    /// recorded the delivery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redelivered: bool,
 }
 
 /// The kind of change a notification reports.
@@ -198,6 +203,7 @@ impl Event {
             payload_error: None,
             payload: None,
             payload_base64: None,
+            redelivered: false,
         };
 
         let text = match std::str::from_utf8(payload) {

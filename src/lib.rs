@@ -12,6 +12,7 @@
 //! - [`topic`]: MQTT topic filter rules and flight topic parsing.
 //! - [`mqtt`]: the TLS connection to the broker, subscriptions and reconnects.
 //! - [`event`]: the flight update event built from each message.
+//! - [`outbox`]: the durable store every event passes before its ack.
 //! - [`sink`]: delivery of events to stdout, files and webhooks.
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
 //! - [`backoff`]: capped exponential backoff with jitter.
@@ -30,6 +31,7 @@ pub mod demo;
 pub mod event;
 pub mod logging;
 pub mod mqtt;
+pub mod outbox;
 pub mod secret;
 pub mod sink;
 pub mod topic;
