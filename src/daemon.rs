@@ -1,12 +1,15 @@
 //! Assembles the pipeline and runs it until shutdown.
 //!
-//! credentials → MQTT connection → dispatcher → one queue and task per sink.
-//! The dispatcher builds each event, queues it for every sink that wants it,
-//! then acknowledges the message. Shutdown stops the connection first, lets
-//! the queues drain for `shutdown_timeout`, then names what did not drain.
+//! credentials → MQTT connection → dispatcher → outbox → one task per sink.
+//! The dispatcher builds each event, stores it in the outbox, then
+//! acknowledges the message. Each sink task reads the outbox from its own
+//! cursor. Shutdown stops the connection first, lets the sinks catch up for
+//! `shutdown_timeout`, then names those that did not; their events stay in
+//! the outbox for the next start.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -19,9 +22,10 @@ use crate::config::{Config, SecretSource};
 use crate::credentials::{CredentialStore, CredentialsError, Origin};
 use crate::event::Event;
 use crate::mqtt::{self, Acker, Link, Received};
+use crate::outbox::{Outbox, OutboxError, Stored};
 use crate::secret::Secret;
-use crate::sink::driver::{self, SinkStats};
-use crate::sink::{Sink, SinkSpec};
+use crate::sink::Sink;
+use crate::sink::driver::{self, SinkStats, Stop};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub enum DaemonError {
     Credentials(#[from] CredentialsError),
     #[error("create HTTP client: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
 
 impl DaemonError {
@@ -100,16 +106,22 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let started = Instant::now();
     let store = Arc::new(credential_store(&config)?);
     let tls = Arc::new(mqtt::tls_config(config.mqtt.ca_file.as_deref())?);
+    let outbox = Outbox::open(&config.state.dir, config.outbox.clone())?;
     let shutdown = options.shutdown.clone();
     let tracker = TaskTracker::new();
     tracker.spawn(watch_signals(shutdown.clone()));
 
+    let names: Vec<String> = config.sinks.iter().map(|spec| spec.name.clone()).collect();
+    for removed in outbox.forget_other_sinks(&names)? {
+        tracing::info!(sink = %removed, "sink no longer configured, its outbox cursor removed");
+    }
     let mut sinks = Vec::new();
     for spec in &config.sinks {
         let sink = Sink::build(&spec.config)
             .await
             .map_err(|error| DaemonError::Sink { name: spec.name.clone(), message: error.message })?;
-        sinks.push((spec.clone(), sink));
+        let reader = outbox.reader(&spec.name)?;
+        sinks.push((spec.clone(), sink, reader));
     }
 
     let credentials = tokio::select! {
@@ -117,29 +129,34 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         credentials = obtain_credentials(&store) => credentials?,
     };
 
-    let hard_stop = CancellationToken::new();
-    let mut routes = Vec::new();
-    for (spec, sink) in sinks {
-        let (queue_tx, queue_rx) = mpsc::channel(spec.queue_capacity);
-        let stats = Arc::new(SinkStats::default());
+    let stop = Stop { draining: CancellationToken::new(), hard: CancellationToken::new() };
+    let mut stats = Vec::new();
+    for (spec, sink, reader) in sinks {
+        let sink_stats = Arc::new(SinkStats::default());
         let span = tracing::info_span!("sink", sink = %spec.name);
-        span.in_scope(|| tracing::info!(kind = spec.config.type_name(), "sink started"));
-        tracker.spawn(driver::drive(sink, queue_rx, stats.clone(), hard_stop.clone()).instrument(span));
-        routes.push(Route { spec, queue: queue_tx, stats, last_drop_log: None, drops_since_log: 0 });
+        span.in_scope(|| {
+            tracing::info!(kind = spec.config.type_name(), resume_after = reader.delivered(), "sink started")
+        });
+        stats.push((spec.name.clone(), sink_stats.clone()));
+        let task = driver::drive(spec, sink, reader, outbox.head(), sink_stats, stop.clone());
+        tracker.spawn(task.instrument(span));
     }
+    tracker.spawn(prune_periodically(outbox.clone(), stop.clone()));
 
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
     tracing::info!(
-        sinks = routes.len(),
+        sinks = stats.len(),
         topics = config.mqtt.topics.len(),
+        outbox = %outbox.path().display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "flupd started"
     );
 
     let mut dispatcher = Dispatcher {
-        routes,
+        outbox: outbox.clone(),
+        dead_letter: config.state.dir.join(DEAD_LETTER_FILE),
         acker: running.acker,
         stats: DispatchStats::default(),
         max_events: options.max_events,
@@ -147,40 +164,61 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     };
     dispatcher.run(messages_rx).await;
 
+    // The connection stops first, so nothing new arrives while the sinks drain.
     shutdown.cancel();
+    stop.draining.cancel();
     tracker.close();
-    let routes = std::mem::take(&mut dispatcher.routes);
-    let stats: Vec<(String, Arc<SinkStats>)> =
-        routes.iter().map(|route| (route.spec.name.clone(), route.stats.clone())).collect();
-    drop(routes);
-    drop(dispatcher.acker);
-
     tracing::info!(timeout_ms = config.shutdown_timeout.as_millis() as u64, "stopping, draining sinks");
     if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
         for (name, stats) in &stats {
             let pending = stats.pending.load(Ordering::Relaxed);
             if pending > 0 {
-                tracing::error!(sink = %name, pending, "sink did not drain before the shutdown timeout, events lost");
+                tracing::warn!(sink = %name, pending, "sink did not drain before the shutdown timeout, its events stay in the outbox for the next start");
             }
         }
-        hard_stop.cancel();
+        stop.hard.cancel();
         tracker.wait().await;
     }
+    if let Err(error) = outbox.prune().await {
+        tracing::warn!(%error, "outbox cleanup failed");
+    }
 
-    let received = dispatcher.stats.received.load(Ordering::Relaxed);
-    let malformed = dispatcher.stats.malformed.load(Ordering::Relaxed);
     for (name, stats) in &stats {
         tracing::info!(
             sink = %name,
             delivered = stats.delivered.load(Ordering::Relaxed),
+            redelivered = stats.redelivered.load(Ordering::Relaxed),
             retried = stats.retried.load(Ordering::Relaxed),
             failed = stats.failed.load(Ordering::Relaxed),
-            dropped = stats.dropped.load(Ordering::Relaxed),
             "sink stopped"
         );
     }
-    tracing::info!(received, malformed, "flupd stopped");
+    let counts = &dispatcher.stats;
+    tracing::info!(
+        received = counts.received,
+        stored = counts.stored,
+        duplicates = counts.duplicates,
+        redelivered = counts.redelivered,
+        malformed = counts.malformed,
+        dead_lettered = counts.dead_lettered,
+        "flupd stopped"
+    );
     Ok(())
+}
+
+/// Deletes delivered events from the outbox every few seconds.
+async fn prune_periodically(outbox: Outbox, stop: Stop) {
+    let mut interval = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.draining.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match outbox.prune().await {
+            Ok(deleted) => tracing::trace!(deleted, bytes = outbox.bytes(), "outbox pruned"),
+            Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
+        }
+    }
 }
 
 /// Gets credentials, waiting out network failures with backoff. Answers
@@ -223,26 +261,30 @@ async fn watch_signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// One sink as the dispatcher sees it.
-struct Route {
-    spec: SinkSpec,
-    queue: mpsc::Sender<Arc<Event>>,
-    stats: Arc<SinkStats>,
-    last_drop_log: Option<Instant>,
-    drops_since_log: u64,
-}
+/// Name of the dead-letter file inside the state directory.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
 
-/// How often a full queue is reported at most.
-const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Messages taken from the connection into one outbox transaction at most.
+const DISPATCH_BATCH: usize = 512;
+
+/// How often an outbox that refuses writes is reported at most.
+const WRITE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct DispatchStats {
-    received: AtomicU64,
-    malformed: AtomicU64,
+    received: u64,
+    stored: u64,
+    duplicates: u64,
+    redelivered: u64,
+    malformed: u64,
+    dead_lettered: u64,
 }
 
+/// Turns messages into events, stores them in the outbox and acknowledges
+/// them, in receive order.
 struct Dispatcher {
-    routes: Vec<Route>,
+    outbox: Outbox,
+    dead_letter: PathBuf,
     acker: Acker,
     stats: DispatchStats,
     max_events: Option<u64>,
@@ -251,54 +293,140 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(&mut self, mut messages: mpsc::UnboundedReceiver<Received>) {
-        while let Some(received) = messages.recv().await {
-            self.dispatch(received).await;
-            let count = self.stats.received.load(Ordering::Relaxed);
-            if self.max_events.is_some_and(|max| count >= max) {
-                tracing::info!(events = count, "event limit reached");
+        let mut batch = Vec::with_capacity(DISPATCH_BATCH);
+        loop {
+            batch.clear();
+            if messages.recv_many(&mut batch, DISPATCH_BATCH).await == 0 {
+                return;
+            }
+            if let Some(max) = self.max_events {
+                let room = max.saturating_sub(self.stats.stored) as usize;
+                batch.truncate(room.max(1));
+            }
+            if !self.dispatch(&batch).await {
+                return;
+            }
+            if self.max_events.is_some_and(|max| self.stats.stored >= max) {
+                tracing::info!(events = self.stats.stored, "event limit reached");
                 self.shutdown.cancel();
-                break;
+                return;
             }
         }
     }
 
-    async fn dispatch(&mut self, received: Received) {
-        let publish = &received.publish;
-        let event = Event::from_message(&publish.topic, &publish.payload, publish.qos as u8, received.received_at);
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(error) = event.payload_error {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %event.topic, event_id = %event.id, problem = error.as_str(), bytes = publish.payload.len(), "malformed payload, delivering it raw");
-        }
-        tracing::debug!(topic = %event.topic, event_id = %event.id, kind = %event.kind, "event received");
-
-        let event = Arc::new(event);
-        for route in &mut self.routes {
-            if !route.spec.wants(&event.topic) {
+    /// Stores a batch and acknowledges it. Returns false when shutdown came
+    /// while the outbox refused writes; those messages stay unacknowledged,
+    /// so the broker sends them again.
+    async fn dispatch(&mut self, batch: &[Received]) -> bool {
+        let mut events = Vec::with_capacity(batch.len());
+        for received in batch {
+            let publish = &received.publish;
+            self.stats.received += 1;
+            if publish.payload.len() > self.outbox.config().max_event_bytes {
+                self.dead_letter(received);
                 continue;
             }
-            route.stats.pending.fetch_add(1, Ordering::Relaxed);
-            if route.queue.try_send(event.clone()).is_err() {
-                route.stats.pending.fetch_sub(1, Ordering::Relaxed);
-                route.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                route.drops_since_log += 1;
-                let due = route.last_drop_log.is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL);
-                if due {
-                    tracing::error!(
-                        sink = %route.spec.name,
-                        dropped = route.drops_since_log,
-                        capacity = route.spec.queue_capacity,
-                        "sink queue full, events dropped for this sink"
-                    );
-                    route.last_drop_log = Some(Instant::now());
-                    route.drops_since_log = 0;
+            let mut event =
+                Event::from_message(&publish.topic, &publish.payload, publish.qos as u8, received.received_at);
+            event.redelivered = publish.dup;
+            if let Some(error) = event.payload_error {
+                self.stats.malformed += 1;
+                tracing::warn!(topic = %event.topic, event_id = %event.id, problem = error.as_str(), bytes = publish.payload.len(), "malformed payload, delivering it raw");
+            }
+            tracing::debug!(topic = %event.topic, event_id = %event.id, kind = %event.kind, dup = publish.dup, "event received");
+            events.push(event);
+        }
+
+        if !events.is_empty() && !self.store(events).await {
+            return false;
+        }
+        for received in batch {
+            self.acker.ack(&received.publish).await;
+        }
+        true
+    }
+
+    /// Appends to the outbox, waiting out write failures and a full outbox
+    /// with backoff. Returns false on shutdown before the write succeeded.
+    async fn store(&mut self, events: Vec<Event>) -> bool {
+        let events = Arc::new(events);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut last_log: Option<Instant> = None;
+        let mut failures = 0u64;
+        loop {
+            match self.outbox.append(events.clone()).await {
+                Ok(stored) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "outbox writable again, acknowledging");
+                    }
+                    for (result, event) in stored.iter().zip(events.iter()) {
+                        match result {
+                            Stored::New(_) => {
+                                self.stats.stored += 1;
+                                if event.redelivered {
+                                    self.stats.redelivered += 1;
+                                }
+                            }
+                            Stored::Duplicate => {
+                                self.stats.duplicates += 1;
+                                tracing::debug!(event_id = %event.id, "duplicate of a stored event, not delivered again");
+                            }
+                        }
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    failures += 1;
+                    if last_log.is_none_or(|at| at.elapsed() >= WRITE_ERROR_LOG_INTERVAL) {
+                        tracing::error!(%error, failures, waiting = events.len(), "outbox write failed, messages not acknowledged");
+                        last_log = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
                 }
             }
         }
+    }
 
-        // NOTE: the ack goes out once the event is queued in memory, so a
-        // crash before the sinks deliver it loses it; only a durable queue
-        // on disk would close that gap.
-        self.acker.ack(publish).await;
+    /// Records a message above `outbox.max_event_bytes` in the dead-letter
+    /// file, with its topic and size, instead of delivering it.
+    fn dead_letter(&mut self, received: &Received) {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+
+        let publish = &received.publish;
+        self.stats.dead_lettered += 1;
+        let record = serde_json::json!({
+            "received_at": received.received_at,
+            "topic": publish.topic,
+            "bytes": publish.payload.len(),
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&publish.payload),
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&self.dead_letter)
+            .and_then(|mut file| writeln!(file, "{record}"));
+        match written {
+            Ok(()) => tracing::error!(
+                topic = %publish.topic,
+                bytes = publish.payload.len(),
+                max_event_bytes = self.outbox.config().max_event_bytes,
+                path = %self.dead_letter.display(),
+                dead_lettered = self.stats.dead_lettered,
+                "message too large, written to the dead-letter file"
+            ),
+            Err(error) => tracing::error!(
+                topic = %publish.topic,
+                bytes = publish.payload.len(),
+                path = %self.dead_letter.display(),
+                %error,
+                "message too large and the dead-letter file is not writable, message lost"
+            ),
+        }
     }
 }

@@ -74,7 +74,9 @@ impl Default for OutboxConfig {
 pub enum OutboxError {
     #[error("outbox {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
-    #[error("outbox {path}: full ({bytes} of {max_bytes} bytes); the slowest sink must catch up or outbox.max_bytes be raised")]
+    #[error(
+        "outbox {path}: full ({bytes} of {max_bytes} bytes); the slowest sink must catch up or outbox.max_bytes be raised"
+    )]
     Full { path: PathBuf, bytes: u64, max_bytes: u64 },
     #[error("outbox {path}: create directory: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
@@ -82,11 +84,6 @@ pub enum OutboxError {
     Corrupt { path: PathBuf, seq: u64, source: serde_json::Error },
     #[error("outbox task failed: {0}")]
     Task(String),
-}
-
-/// An event to store, with the MQTT DUP flag of its message.
-pub struct Incoming {
-    pub event: Event,
 }
 
 /// The outcome of storing one event.
@@ -173,8 +170,9 @@ impl Outbox {
                 CREATE INDEX IF NOT EXISTS seen_received ON seen(received_ms);",
             )
             .map_err(sqlite)?;
-        let bytes: i64 =
-            connection.query_row("SELECT COALESCE(SUM(length(body)), 0) FROM events", [], |row| row.get(0)).map_err(sqlite)?;
+        let bytes: i64 = connection
+            .query_row("SELECT COALESCE(SUM(length(body)), 0) FROM events", [], |row| row.get(0))
+            .map_err(sqlite)?;
         let head = max_seq(&connection).map_err(sqlite)?;
 
         Ok(Outbox {
@@ -214,7 +212,7 @@ impl Outbox {
 
     /// Stores a batch of events in one transaction, in order. Returns once
     /// the commit has reached the durability the configuration asks for.
-    pub async fn append(&self, batch: Vec<Incoming>) -> Result<Vec<Stored>, OutboxError> {
+    pub async fn append(&self, batch: Arc<Vec<Event>>) -> Result<Vec<Stored>, OutboxError> {
         let inner = self.inner.clone();
         let stored = tokio::task::spawn_blocking(move || inner.append(&batch))
             .await
@@ -228,7 +226,9 @@ impl Outbox {
         let sqlite = |source| OutboxError::Sqlite { path: self.inner.path.clone(), source };
         let connection = open_connection(&self.inner.path, self.inner.config.durability).map_err(sqlite)?;
         let cursor: Option<(u64, u64)> = connection
-            .query_row("SELECT delivered, read FROM cursors WHERE sink = ?1", [sink], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row("SELECT delivered, read FROM cursors WHERE sink = ?1", [sink], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()
             .map_err(sqlite)?;
         let (delivered, read) = match cursor {
@@ -273,7 +273,9 @@ impl Outbox {
     /// events deleted.
     pub async fn prune(&self) -> Result<u64, OutboxError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.prune()).await.map_err(|error| OutboxError::Task(error.to_string()))?
+        tokio::task::spawn_blocking(move || inner.prune())
+            .await
+            .map_err(|error| OutboxError::Task(error.to_string()))?
     }
 
     /// Reads stored events matching `query`, oldest first.
@@ -299,8 +301,11 @@ impl Outbox {
         let mut events = Vec::new();
         for row in rows {
             let (seq, body) = row.map_err(sqlite)?;
-            let event = serde_json::from_slice(&body)
-                .map_err(|source| OutboxError::Corrupt { path: self.inner.path.clone(), seq, source })?;
+            let event = serde_json::from_slice(&body).map_err(|source| OutboxError::Corrupt {
+                path: self.inner.path.clone(),
+                seq,
+                source,
+            })?;
             events.push(event);
         }
         Ok(events)
@@ -336,13 +341,13 @@ impl Inner {
         OutboxError::Sqlite { path: self.path.clone(), source }
     }
 
-    fn append(&self, batch: &[Incoming]) -> Result<Vec<Stored>, OutboxError> {
+    fn append(&self, batch: &[Event]) -> Result<Vec<Stored>, OutboxError> {
         let mut connection = self.lock();
         let mut bodies = Vec::with_capacity(batch.len());
         let mut batch_bytes = 0u64;
-        for incoming in batch {
+        for event in batch {
             // Serializing an event of strings, numbers and JSON values cannot fail.
-            let body = serde_json::to_vec(&incoming.event).expect("event serializes");
+            let body = serde_json::to_vec(event).expect("event serializes");
             batch_bytes += body.len() as u64;
             bodies.push(body);
         }
@@ -353,7 +358,9 @@ impl Inner {
                 FullPolicy::StopAcking => {
                     return Err(OutboxError::Full { path: self.path.clone(), bytes, max_bytes: self.config.max_bytes });
                 }
-                FullPolicy::DropOldest => self.drop_oldest(&mut connection, bytes + batch_bytes - self.config.max_bytes)?,
+                FullPolicy::DropOldest => {
+                    self.drop_oldest(&mut connection, bytes + batch_bytes - self.config.max_bytes)?
+                }
             }
         }
 
@@ -370,8 +377,7 @@ impl Inner {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(|error| self.sqlite(error))?;
-            for (incoming, body) in batch.iter().zip(bodies) {
-                let event = &incoming.event;
+            for (event, body) in batch.iter().zip(bodies) {
                 let received_ms = event.received_at.timestamp_millis();
                 let new = remember.execute(params![event.id, received_ms]).map_err(|error| self.sqlite(error))?;
                 if new == 0 {
@@ -408,8 +414,9 @@ impl Inner {
         let mut dropped = 0u64;
         let mut last_seq = 0u64;
         {
-            let mut statement =
-                connection.prepare("SELECT seq, length(body) FROM events ORDER BY seq").map_err(|error| self.sqlite(error))?;
+            let mut statement = connection
+                .prepare("SELECT seq, length(body) FROM events ORDER BY seq")
+                .map_err(|error| self.sqlite(error))?;
             let mut rows = statement.query([]).map_err(|error| self.sqlite(error))?;
             while freed < needed {
                 let Some(row) = rows.next().map_err(|error| self.sqlite(error))? else { break };
@@ -433,12 +440,16 @@ impl Inner {
         let now_ms = Utc::now().timestamp_millis();
         let retain_ms = i64::try_from(self.config.retain.as_millis()).unwrap_or(i64::MAX);
         let dedup_ms = i64::try_from(self.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let min_delivered: Option<u64> =
-            connection.query_row("SELECT MIN(delivered) FROM cursors", [], |row| row.get(0)).map_err(|error| self.sqlite(error))?;
+        let min_delivered: Option<u64> = connection
+            .query_row("SELECT MIN(delivered) FROM cursors", [], |row| row.get(0))
+            .map_err(|error| self.sqlite(error))?;
         let limit = min_delivered.unwrap_or_else(|| *self.head.borrow());
 
         let deleted = connection
-            .execute("DELETE FROM events WHERE seq <= ?1 AND received_ms < ?2", params![limit, now_ms.saturating_sub(retain_ms)])
+            .execute(
+                "DELETE FROM events WHERE seq <= ?1 AND received_ms < ?2",
+                params![limit, now_ms.saturating_sub(retain_ms)],
+            )
             .map_err(|error| self.sqlite(error))?;
         connection
             .execute("DELETE FROM seen WHERE received_ms < ?1", [now_ms.saturating_sub(dedup_ms)])
@@ -480,16 +491,20 @@ impl Reader {
         tokio::task::spawn_blocking(move || {
             let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let sqlite = |source| OutboxError::Sqlite { path: path.clone(), source };
-            let mut statement =
-                connection.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2").map_err(sqlite)?;
+            let mut statement = connection
+                .prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(sqlite)?;
             let rows = statement
                 .query_map(params![after, limit as i64], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, Vec<u8>>(1)?)))
                 .map_err(sqlite)?;
             let mut entries = Vec::new();
             for row in rows {
                 let (seq, body) = row.map_err(sqlite)?;
-                let mut event: Event =
-                    serde_json::from_slice(&body).map_err(|source| OutboxError::Corrupt { path: path.clone(), seq, source })?;
+                let mut event: Event = serde_json::from_slice(&body).map_err(|source| OutboxError::Corrupt {
+                    path: path.clone(),
+                    seq,
+                    source,
+                })?;
                 if seq <= read_before_start {
                     event.redelivered = true;
                 }
@@ -538,8 +553,8 @@ mod tests {
         Event::from_message("prd/FlightUpdate/LH/LH400/2026-07-22", payload.as_bytes(), 1, Utc::now())
     }
 
-    fn incoming(range: std::ops::Range<u32>) -> Vec<Incoming> {
-        range.map(|n| Incoming { event: event(n) }).collect()
+    fn incoming(range: std::ops::Range<u32>) -> Arc<Vec<Event>> {
+        Arc::new(range.map(event).collect())
     }
 
     #[tokio::test]
@@ -633,7 +648,8 @@ mod tests {
         assert!(matches!(outbox.append(incoming(3..4)).await, Err(OutboxError::Full { .. })));
 
         let other = tempfile::tempdir().unwrap();
-        let config = OutboxConfig { max_bytes: size * 3, full_policy: FullPolicy::DropOldest, ..OutboxConfig::default() };
+        let config =
+            OutboxConfig { max_bytes: size * 3, full_policy: FullPolicy::DropOldest, ..OutboxConfig::default() };
         let outbox = Outbox::open(other.path(), config).unwrap();
         let mut reader = outbox.reader("file").unwrap();
         outbox.append(incoming(0..3)).await.unwrap();

@@ -17,6 +17,7 @@ use url::Url;
 pub use env::Env;
 pub use problems::{Problem, Problems};
 
+use crate::outbox::{Durability, FullPolicy, OutboxConfig};
 use crate::secret::Secret;
 use crate::sink::{SinkSpec, parse_sink};
 use crate::topic::TopicFilter;
@@ -33,6 +34,7 @@ pub struct Config {
     pub lufthansa: LufthansaConfig,
     pub mqtt: MqttConfig,
     pub state: StateConfig,
+    pub outbox: OutboxConfig,
     pub sinks: Vec<SinkSpec>,
 }
 
@@ -130,7 +132,8 @@ pub struct Loaded {
     pub warnings: Vec<Warning>,
 }
 
-const TOP_KEYS: &[&str] = &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "sinks"];
+const TOP_KEYS: &[&str] =
+    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "sinks"];
 const LUFTHANSA_KEYS: &[&str] = &[
     "client_id",
     "client_secret",
@@ -152,6 +155,7 @@ const MQTT_KEYS: &[&str] = &[
     "clean_session",
 ];
 const STATE_KEYS: &[&str] = &["dir"];
+const OUTBOX_KEYS: &[&str] = &["durability", "retain", "max_bytes", "full_policy", "max_event_bytes", "dedup_window"];
 
 /// Loads the configuration file at `path` with the environment's overrides.
 ///
@@ -229,14 +233,16 @@ impl Reader<'_> {
         self.check_keys(Some("lufthansa"), LUFTHANSA_KEYS);
         self.check_keys(Some("mqtt"), MQTT_KEYS);
         self.check_keys(Some("state"), STATE_KEYS);
+        self.check_keys(Some("outbox"), OUTBOX_KEYS);
 
         let log = self.log();
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(10));
         let lufthansa = self.lufthansa(env);
         let mqtt = self.mqtt(warnings);
         let state = self.state(env);
+        let outbox = self.outbox(mqtt.as_ref().map(|mqtt| mqtt.max_packet_size));
         let sinks = self.sinks();
-        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, sinks })
+        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, outbox, sinks })
     }
 
     /// Reports keys of a section that flupd does not know.
@@ -516,6 +522,66 @@ impl Reader<'_> {
         let dir =
             self.path("state.dir").or_else(|| env.state_directory()).unwrap_or_else(|| PathBuf::from("/var/lib/flupd"));
         StateConfig { dir }
+    }
+
+    fn outbox(&mut self, max_packet_size: Option<usize>) -> OutboxConfig {
+        let defaults = OutboxConfig::default();
+        let durability = match self.string("outbox.durability").as_deref() {
+            None | Some("process") => Durability::Process,
+            Some("power_loss") => Durability::PowerLoss,
+            Some(other) => {
+                self.problems.push(
+                    "outbox.durability",
+                    format!("invalid value {other:?}: expected \"process\" (survives a crash) or \"power_loss\" (synced to disk)"),
+                );
+                Durability::Process
+            }
+        };
+        let full_policy = match self.string("outbox.full_policy").as_deref() {
+            None | Some("stop_acking") => FullPolicy::StopAcking,
+            Some("drop_oldest") => FullPolicy::DropOldest,
+            Some(other) => {
+                self.problems.push(
+                    "outbox.full_policy",
+                    format!("invalid value {other:?}: expected \"stop_acking\" or \"drop_oldest\""),
+                );
+                FullPolicy::StopAcking
+            }
+        };
+        let retain = self.duration("outbox.retain", defaults.retain);
+        let dedup_window = self.duration("outbox.dedup_window", defaults.dedup_window);
+        let max_bytes = self.optional::<u64>("outbox.max_bytes", "a size in bytes").unwrap_or(defaults.max_bytes);
+        if max_bytes < 1024 * 1024 {
+            self.problems
+                .push("outbox.max_bytes", format!("invalid value {max_bytes}: expected at least 1048576 bytes"));
+        }
+        let max_event_bytes = self
+            .optional::<u64>("outbox.max_event_bytes", "a size in bytes")
+            .unwrap_or(defaults.max_event_bytes as u64);
+        if max_event_bytes == 0 || max_event_bytes > max_bytes {
+            self.problems.push(
+                "outbox.max_event_bytes",
+                format!("invalid value {max_event_bytes}: expected between 1 and outbox.max_bytes ({max_bytes})"),
+            );
+        }
+        if let Some(max_packet_size) = max_packet_size {
+            if max_event_bytes as usize > max_packet_size {
+                self.problems.push(
+                    "outbox.max_event_bytes",
+                    format!(
+                        "invalid value {max_event_bytes}: larger than mqtt.max_packet_size ({max_packet_size}), so no message could reach it; raise mqtt.max_packet_size"
+                    ),
+                );
+            }
+        }
+        OutboxConfig {
+            durability,
+            retain,
+            max_bytes,
+            full_policy,
+            max_event_bytes: max_event_bytes as usize,
+            dedup_window,
+        }
     }
 
     fn sinks(&mut self) -> Vec<SinkSpec> {

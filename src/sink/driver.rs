@@ -1,66 +1,121 @@
-//! The task that feeds one sink from its queue, retrying failed deliveries.
+//! The task that feeds one sink from the outbox, retrying failed deliveries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Retry, Sink};
+use super::{Retry, Sink, SinkSpec};
 use crate::event::Event;
+use crate::outbox::Reader;
 
-/// Counters of one sink, shared between its task and the dispatcher.
+/// Events read from the outbox at a time.
+const BATCH: usize = 256;
+
+/// The cursor is written at least this often while a batch is delivered,
+/// so that a restart repeats little.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Counters of one sink, shared with the daemon.
 #[derive(Debug, Default)]
 pub struct SinkStats {
-    /// Events in the queue or being delivered.
+    /// Events in the outbox this sink has not passed yet.
     pub pending: AtomicU64,
     pub delivered: AtomicU64,
     /// Deliveries that failed and were tried again.
     pub retried: AtomicU64,
     /// Events the sink rejected permanently.
     pub failed: AtomicU64,
-    /// Events not queued because the queue was full.
-    pub dropped: AtomicU64,
+    /// Events delivered with `redelivered` set.
+    pub redelivered: AtomicU64,
 }
 
-/// Delivers every event from `queue` to `sink` until the queue closes and
-/// is empty, or until `hard_stop` fires. Retryable failures are retried
-/// with the sink's backoff, for as long as it takes.
+/// How a sink task stops.
+#[derive(Clone)]
+pub struct Stop {
+    /// No more events will arrive: stop once caught up.
+    pub draining: CancellationToken,
+    /// Stop now; what is left stays in the outbox.
+    pub hard: CancellationToken,
+}
+
+/// Delivers every event of the outbox after the sink's cursor, in order,
+/// until draining finds it caught up or the hard stop fires. Retryable
+/// failures are retried with the sink's backoff for as long as it takes, so
+/// one event that cannot be delivered holds this sink back, and only it.
 pub async fn drive(
+    spec: SinkSpec,
     mut sink: Sink,
-    mut queue: mpsc::Receiver<Arc<Event>>,
+    mut reader: Reader,
+    mut head: watch::Receiver<u64>,
     stats: Arc<SinkStats>,
-    hard_stop: CancellationToken,
+    stop: Stop,
 ) {
+    let mut read_failures = crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let event = match queue.try_recv() {
-            Ok(event) => event,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                flush(&mut sink).await;
+        stats.pending.store(head.borrow().saturating_sub(reader.delivered()), Ordering::Relaxed);
+        let batch = match reader.next_batch(BATCH).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                let delay = read_failures.next_delay();
+                tracing::error!(%error, delay_ms = delay.as_millis() as u64, "outbox read failed, retrying");
                 tokio::select! {
-                    _ = hard_stop.cancelled() => return,
-                    next = queue.recv() => match next {
-                        Some(event) => event,
-                        None => break,
-                    },
+                    _ = stop.hard.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
                 }
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        read_failures.reset();
 
-        let delivered = tokio::select! {
-            _ = hard_stop.cancelled() => return,
-            delivered = deliver(&mut sink, &event, &stats) => delivered,
-        };
-        if delivered {
-            stats.delivered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
+        if batch.is_empty() {
+            flush(&mut sink).await;
+            if stop.draining.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.hard.cancelled() => return,
+                _ = stop.draining.cancelled() => {}
+                changed = head.changed() => if changed.is_err() { break },
+            }
+            continue;
         }
-        stats.pending.fetch_sub(1, Ordering::Relaxed);
+
+        let mut last_commit = Instant::now();
+        let mut passed = reader.delivered();
+        for entry in batch {
+            if spec.wants(&entry.event.topic) {
+                let delivered = tokio::select! {
+                    _ = stop.hard.cancelled() => {
+                        commit(&mut reader, passed).await;
+                        return;
+                    }
+                    delivered = deliver(&mut sink, &entry.event, &stats) => delivered,
+                };
+                let counter = if delivered { &stats.delivered } else { &stats.failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if entry.event.redelivered {
+                    stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            passed = entry.seq;
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                commit(&mut reader, passed).await;
+                last_commit = Instant::now();
+            }
+        }
+        // Buffered output must reach its destination before the cursor says so.
+        flush(&mut sink).await;
+        commit(&mut reader, passed).await;
     }
     flush(&mut sink).await;
+}
+
+async fn commit(reader: &mut Reader, seq: u64) {
+    if let Err(error) = reader.commit(seq).await {
+        tracing::error!(%error, seq, "outbox cursor not saved, events may be delivered again after a restart");
+    }
 }
 
 async fn flush(sink: &mut Sink) {
@@ -71,7 +126,7 @@ async fn flush(sink: &mut Sink) {
 
 /// Delivers one event, retrying as the sink's error says. Returns false
 /// when the sink rejected the event for good.
-async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
+pub async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
     let mut backoff = sink.retry_backoff();
     let mut attempt: u32 = 1;
     loop {

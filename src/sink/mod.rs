@@ -27,15 +27,8 @@ pub struct SinkSpec {
     pub name: String,
     /// Topic filters choosing which events this sink gets; empty means all.
     pub topics: Vec<TopicFilter>,
-    /// Events that may wait in memory for this sink before new ones are
-    /// dropped for it.
-    pub queue_capacity: usize,
     pub config: SinkConfig,
 }
-
-/// Default of `queue_capacity`: at the 330 flights one user watched, a
-/// minute of updates each is a few hundred events, so this holds hours.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
 impl SinkSpec {
     /// Returns whether this sink wants events from `topic`.
@@ -121,20 +114,6 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
         }
     }
 
-    let queue_capacity = match table.remove("queue_capacity") {
-        None => DEFAULT_QUEUE_CAPACITY,
-        Some(value) => match value.as_u64() {
-            Some(capacity @ 1..=10_000_000) => capacity as usize,
-            _ => {
-                problems.push(
-                    format!("{key}.queue_capacity"),
-                    format!("invalid value {value}: expected a number of events from 1 to 10000000"),
-                );
-                DEFAULT_QUEUE_CAPACITY
-            }
-        },
-    };
-
     let rest = Value::Object(table);
     let config = match type_name.as_str() {
         "stdout" => parse_typed(key, rest, problems).map(SinkConfig::Stdout),
@@ -153,7 +132,7 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
     }
 
     let name = name.unwrap_or_else(|| config.type_name().to_owned());
-    Some(SinkSpec { name, topics, queue_capacity, config })
+    Some(SinkSpec { name, topics, config })
 }
 
 fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Problems) -> Option<T> {
