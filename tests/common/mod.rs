@@ -188,3 +188,96 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("invalid JSON line {line:?}: {error}")))
         .collect()
 }
+
+/// How a [`Receiver`] answers webhook requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 after the given delay.
+    Accept(Duration),
+    /// 503 at once.
+    Unavailable,
+    /// Never answers.
+    Hang,
+}
+
+/// A webhook receiver on a loopback port that records the events it
+/// accepted, in order.
+pub struct Receiver {
+    pub url: String,
+    state: std::sync::Arc<ReceiverState>,
+}
+
+struct ReceiverState {
+    mode: std::sync::Mutex<Mode>,
+    accepted: std::sync::Mutex<Vec<serde_json::Value>>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Receiver {
+    pub async fn start(mode: Mode) -> Receiver {
+        use axum::routing::post;
+
+        let state = std::sync::Arc::new(ReceiverState {
+            mode: std::sync::Mutex::new(mode),
+            accepted: std::sync::Mutex::new(Vec::new()),
+            requests: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let shared = state.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |body: axum::body::Bytes| {
+                let state = shared.clone();
+                async move {
+                    state.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mode = *state.mode.lock().unwrap();
+                    match mode {
+                        Mode::Accept(delay) => {
+                            tokio::time::sleep(delay).await;
+                            let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            state.accepted.lock().unwrap().push(event);
+                            axum::http::StatusCode::OK
+                        }
+                        Mode::Unavailable => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        Mode::Hang => {
+                            std::future::pending::<()>().await;
+                            axum::http::StatusCode::OK
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, state }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    pub fn accepted(&self) -> Vec<serde_json::Value> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    pub fn accepted_count(&self) -> usize {
+        self.state.accepted.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Publishes `count` distinct flight updates at QoS 1, numbered from `start`.
+pub async fn publish_numbered(standin: &Standin, start: u64, count: u64) {
+    for n in start..start + count {
+        let payload = format!(r#"{{"Update":{{"Message":"New Estimated Arrival","Code":"MVT EA","Seq":{n}}}}}"#);
+        standin.publish("prd/FlightUpdate/LH/LH400/2026-07-22", payload.as_bytes(), 1).await.expect("publish");
+    }
+}
+
+/// The `Seq` numbers of the events a sink received, in order.
+pub fn sequence_numbers(events: &[serde_json::Value]) -> Vec<u64> {
+    events.iter().filter_map(|event| event["unknown_fields"]["Update.Seq"].as_u64()).collect()
+}

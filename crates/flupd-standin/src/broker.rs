@@ -343,6 +343,10 @@ fn render_config(paths: &ConfigPaths<'_>) -> String {
         }
         None => config.push_str("persistence false\n"),
     }
+    // mosquitto drops QoS 1 messages for an offline persistent session
+    // beyond 1000 by default; Lufthansa's queue limit is not documented, so
+    // the stand-in keeps them all and tests can show that flupd loses none.
+    config.push_str("max_queued_messages 0\n");
     config.push_str("log_dest stderr\n");
     config.push_str("log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n");
     config.push_str("connection_messages true\n");
