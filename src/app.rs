@@ -4,10 +4,13 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, EventFilter};
 use crate::config::{self, Env, LoadError, Loaded};
 use crate::daemon::{self, RunOptions};
 use crate::logging;
+use crate::outbox::{OUTBOX_FILE, Outbox, Query};
+use crate::sink::Sink;
+use crate::sink::driver::{self, SinkStats};
 
 /// Exit code for an invalid configuration or command line (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -23,6 +26,8 @@ pub fn main(cli: Cli) -> ExitCode {
             let renew = *renew;
             with_config(&cli, &env, |loaded| block_on(credentials(loaded, renew)))
         }
+        Command::Events { filter } => with_config(&cli, &env, |loaded| events(&loaded, filter)),
+        Command::Replay { sink, filter } => with_config(&cli, &env, |loaded| block_on(replay(loaded, sink, filter))),
         Command::Demo { max_events, interval } => demo(*max_events, *interval),
     }
 }
@@ -155,6 +160,86 @@ async fn credentials(loaded: Loaded, renew: bool) -> ExitCode {
         None => println!("expires:   unknown (the JWT carries no exp claim)"),
     }
     ExitCode::SUCCESS
+}
+
+/// Opens the outbox of an earlier or running daemon; never creates one.
+fn open_outbox(loaded: &Loaded) -> Result<Outbox, String> {
+    let path = loaded.config.state.dir.join(OUTBOX_FILE);
+    if !path.exists() {
+        return Err(format!("no outbox at {}: flupd has not run with state.dir {}", path.display(), loaded.config.state.dir.display()));
+    }
+    Outbox::open(&loaded.config.state.dir, loaded.config.outbox.clone()).map_err(|error| error.to_string())
+}
+
+fn query(filter: &EventFilter) -> Query {
+    Query { flight: filter.flight.clone(), kind: filter.kind.clone(), since: filter.since, until: filter.until }
+}
+
+fn events(loaded: &Loaded, filter: &EventFilter) -> ExitCode {
+    use std::io::Write as _;
+
+    let result = open_outbox(loaded).and_then(|outbox| outbox.query(&query(filter)).map_err(|error| error.to_string()));
+    let events = match result {
+        Ok(events) => events,
+        Err(error) => {
+            eprintln!("flupd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for event in &events {
+        // An event of strings, numbers and JSON values always serializes.
+        let line = serde_json::to_string(event).expect("event serializes");
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    if out.flush().is_err() {
+        return ExitCode::FAILURE;
+    }
+    eprintln!("flupd: {} events", events.len());
+    ExitCode::SUCCESS
+}
+
+async fn replay(loaded: Loaded, name: &str, filter: &EventFilter) -> ExitCode {
+    let Some(spec) = loaded.config.sinks.iter().find(|spec| spec.name == name) else {
+        let names: Vec<&str> = loaded.config.sinks.iter().map(|spec| spec.name.as_str()).collect();
+        eprintln!("flupd: no sink named {name:?}; configured sinks: {}", names.join(", "));
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let result = open_outbox(&loaded).and_then(|outbox| outbox.query(&query(filter)).map_err(|error| error.to_string()));
+    let events = match result {
+        Ok(events) => events,
+        Err(error) => {
+            eprintln!("flupd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut sink = match Sink::build(&spec.config).await {
+        Ok(sink) => sink,
+        Err(error) => {
+            eprintln!("flupd: sink {name:?}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let stats = SinkStats::default();
+    let mut replayed = 0u64;
+    let mut failed = 0u64;
+    for mut event in events.into_iter().filter(|event| spec.wants(&event.topic)) {
+        event.redelivered = true;
+        if driver::deliver(&mut sink, &event, &stats).await {
+            replayed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    if let Err(error) = sink.flush().await {
+        eprintln!("flupd: sink {name:?}: flush: {error}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("flupd: replayed {replayed} events to sink {name:?}, {failed} rejected");
+    if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Rounds a duration to the largest whole unit, as "3days" or "5h".

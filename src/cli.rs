@@ -37,6 +37,20 @@ pub enum Command {
         #[arg(long)]
         renew: bool,
     },
+    /// Print events stored in the outbox as JSON Lines, oldest first. Events
+    /// stay there until every sink has them, or for `outbox.retain`.
+    Events {
+        #[command(flatten)]
+        filter: EventFilter,
+    },
+    /// Deliver stored events to one sink again, marked as redelivered.
+    Replay {
+        /// Name of the sink, as in `flupd check`'s output.
+        #[arg(long, value_name = "NAME")]
+        sink: String,
+        #[command(flatten)]
+        filter: EventFilter,
+    },
     /// Run the whole pipeline against a local stand-in of Lufthansa's API and
     /// broker, printing events to stdout. Needs mosquitto installed and a
     /// build with `--features demo`.
@@ -59,4 +73,33 @@ impl Cli {
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         }
     }
+}
+
+/// Which stored events `events` and `replay` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventFilter {
+    /// Only this flight, such as LH400.
+    #[arg(long, value_name = "FLIGHT")]
+    pub flight: Option<String>,
+    /// Only this kind, such as gate_change or estimated_arrival.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only events received at or after this time: RFC 3339
+    /// (2026-07-22T10:00:00Z) or a duration ago (90m, 2h, 3days).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events received before this time, in the same forms as --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Parses an RFC 3339 time, or a duration meaning that long ago.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 such as 2026-07-22T10:00:00Z, or a duration such as 2h"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|_| format!("duration {text:?} is too long"))?;
+    Ok(chrono::Utc::now() - ago)
 }

@@ -151,3 +151,54 @@ fn demo_prints_events_and_exits() {
         .collect();
     assert_eq!(lines.len(), 5, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_and_replay_read_the_archive() {
+    use nix::sys::signal::Signal;
+
+    let standin = common::standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!("[outbox]\nretain = \"1h\"\n\n[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n", file.display());
+    let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks);
+    let mut daemon = setup.start();
+    daemon.wait_subscribed();
+    for (topic, message) in [
+        ("prd/FlightUpdate/LH/LH400/2026-07-22", "New Gate Information"),
+        ("prd/FlightUpdate/LX/LX18/2026-07-22", "Departed"),
+        ("prd/FlightUpdate/LH/LH400/2026-07-22", "Departed"),
+    ] {
+        let payload = format!(r#"{{"Update":{{"Message":"{message}"}}}}"#);
+        standin.publish(topic, payload.as_bytes(), 1).await.unwrap();
+    }
+    common::wait_for(Duration::from_secs(30), "3 events", || common::read_json_lines(&file).len() == 3).await;
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
+
+    let config = setup.config_path.to_str().unwrap().to_owned();
+    let listed = flupd().args(["--config", &config, "events", "--flight", "LH400"]).output().unwrap();
+    assert_eq!(listed.status.code(), Some(0), "{}", String::from_utf8_lossy(&listed.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["kind"], "gate_change");
+    assert_eq!(lines[1]["kind"], "departed");
+
+    let gates = flupd().args(["--config", &config, "events", "--kind", "gate_change", "--since", "1h"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&gates.stdout).lines().count(), 1);
+    let future = flupd().args(["--config", &config, "events", "--since", "2999-01-01T00:00:00Z"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&future.stdout).lines().count(), 0);
+    let bad = flupd().args(["--config", &config, "events", "--since", "yesterday-ish"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "clap rejects an invalid time");
+
+    let replayed = flupd().args(["--config", &config, "replay", "--sink", "archive", "--since", "1h"]).output().unwrap();
+    assert_eq!(replayed.status.code(), Some(0), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let events = common::read_json_lines(&file);
+    assert_eq!(events.len(), 6);
+    assert!(events[3..].iter().all(|event| event["redelivered"] == true));
+    assert!(events[..3].iter().all(|event| event.get("redelivered").is_none()));
+
+    let unknown = flupd().args(["--config", &config, "replay", "--sink", "nope"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("archive"));
+}
