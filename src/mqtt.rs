@@ -185,8 +185,17 @@ pub fn start(
     let subscriber =
         tracker.spawn(subscriber.run(connack_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
 
-    let poller =
-        Poller { event_loop, client: client.clone(), link, messages, pending, connack: connack_tx, state: state_tx };
+    let renew_at = renewal_time(&credentials, link.store.renew_before());
+    let poller = Poller {
+        event_loop,
+        client: client.clone(),
+        renew_at,
+        link,
+        messages,
+        pending,
+        connack: connack_tx,
+        state: state_tx,
+    };
     let event_loop = tracker.spawn(poller.run(cancel).instrument(tracing::info_span!("mqtt")));
 
     Running { acker: Acker { client }, state: state_rx, event_loop, subscriber }
@@ -195,6 +204,8 @@ pub fn start(
 struct Poller {
     event_loop: EventLoop,
     client: AsyncClient,
+    /// When the credentials in use are due for renewal.
+    renew_at: Option<tokio::time::Instant>,
     link: Link,
     messages: mpsc::UnboundedSender<Received>,
     pending: PendingSubAck,
@@ -212,10 +223,20 @@ impl Poller {
         let (host, port) = self.event_loop.mqtt_options.broker_address();
         tracing::info!(host = %host, port, client_id = %self.event_loop.mqtt_options.client_id(), "connecting");
 
+        // After a planned disconnect the next error is expected.
+        let mut planned_reconnect = false;
         loop {
+            let renew_at = self.renew_at;
             let polled = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = sleep_until_some(renew_at), if connected => {
+                    self.renew_at = None;
+                    if self.renew_before_expiry().await {
+                        planned_reconnect = true;
+                    }
+                    continue;
+                }
                 polled = self.event_loop.poll() => polled,
             };
             match polled {
@@ -244,6 +265,15 @@ impl Poller {
                     }
                 }
                 Ok(_) => {}
+                Err(error) if planned_reconnect => {
+                    planned_reconnect = false;
+                    connected = false;
+                    tracing::info!(error = %describe(&error), "reconnecting with renewed credentials");
+                    self.state.send_replace(LinkState::Connecting);
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.take();
+                    }
+                }
                 Err(error) => {
                     if connected {
                         tracing::warn!(error = %describe(&error), "connection lost");
@@ -284,11 +314,37 @@ impl Poller {
     async fn renew_credentials(&mut self) {
         tracing::warn!(client_id = %self.event_loop.mqtt_options.client_id(), "broker refused the credentials, fetching new ones");
         match self.link.store.renew().await {
-            Ok(credentials) => {
-                self.event_loop.mqtt_options = options(&self.link.config, &credentials, self.link.tls.clone());
-            }
+            Ok(credentials) => self.use_credentials(&credentials),
             Err(error) => tracing::error!(%error, "credentials renewal failed"),
         }
+    }
+
+    fn use_credentials(&mut self, credentials: &MqttCredentials) {
+        self.event_loop.mqtt_options = options(&self.link.config, credentials, self.link.tls.clone());
+        self.renew_at = renewal_time(credentials, self.link.store.renew_before());
+    }
+
+    /// Fetches new credentials before the current ones expire, then
+    /// disconnects cleanly so that the next connect uses them. Returns
+    /// whether a disconnect was sent.
+    ///
+    /// NOTE: every set of credentials has its own client id, so the broker
+    /// session of the old one, with any message queued for it in the
+    /// moment of the switch, is left behind.
+    async fn renew_before_expiry(&mut self) -> bool {
+        tracing::info!(client_id = %self.event_loop.mqtt_options.client_id(), "credentials due for renewal, fetching new ones");
+        let credentials = match self.link.store.renew().await {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                // Keep the current ones and try again in an hour; they are
+                // valid until they expire.
+                tracing::error!(%error, "credentials renewal failed, retrying in 1h");
+                self.renew_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                return false;
+            }
+        };
+        self.use_credentials(&credentials);
+        self.client.try_disconnect().is_ok()
     }
 
     /// Sends DISCONNECT and polls until it is out. Subscriptions are kept:
@@ -413,6 +469,20 @@ fn check_suback(filters: &[TopicFilter], codes: Vec<SubscribeReasonCode>) -> (us
         }
     }
     (granted, refused)
+}
+
+/// When credentials are due for renewal: `renew_before` ahead of expiry.
+fn renewal_time(credentials: &MqttCredentials, renew_before: Duration) -> Option<tokio::time::Instant> {
+    let expires_at = credentials.expires_at?;
+    let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+    Some(tokio::time::Instant::now() + left.saturating_sub(renew_before))
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn is_refused_credentials(error: &ConnectionError) -> bool {

@@ -87,3 +87,31 @@ async fn refused_credentials_are_renewed_once() {
     flupd.signal(Signal::SIGTERM);
     assert_eq!(flupd.wait_exit(TIMEOUT), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_renewed_before_expiry() {
+    use flupd_standin::{Standin, StandinOptions};
+
+    // A JWT valid for 40 s with renew_before = 30s is due 10 s after issue.
+    let options = StandinOptions { jwt_lifetime: Duration::from_secs(40), ..StandinOptions::default() };
+    let standin = Standin::start(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks(dir.path()));
+    let config = std::fs::read_to_string(&setup.config_path).unwrap();
+    std::fs::write(&setup.config_path, config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nrenew_before = \"30s\"")).unwrap();
+
+    let mut flupd = setup.start();
+    flupd.wait_subscribed();
+    wait_for(TIMEOUT, "renewed credentials", || standin.credential_calls() == 2).await;
+    wait_for(TIMEOUT, "a second connection", || flupd.stderr().matches("connected session_present").count() >= 2).await;
+    let logs = flupd.stderr();
+    assert!(logs.contains("reconnecting with renewed credentials"), "{logs}");
+    assert!(!logs.contains("connection lost"), "a planned reconnect is not a fault: {logs}");
+
+    standin.publish("prd/FlightUpdate/LH/LH400/2026-07-22", br#"{"Update":{"Message":"Departed"}}"#, 1).await.unwrap();
+    let events = dir.path().join("events.jsonl");
+    wait_for(TIMEOUT, "an event with the new credentials", || read_json_lines(&events).len() == 1).await;
+    assert_eq!(standin.credential_calls(), 2, "one renewal");
+    flupd.signal(Signal::SIGTERM);
+    assert_eq!(flupd.wait_exit(TIMEOUT), 0);
+}
