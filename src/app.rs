@@ -166,7 +166,11 @@ async fn credentials(loaded: Loaded, renew: bool) -> ExitCode {
 fn open_outbox(loaded: &Loaded) -> Result<Outbox, String> {
     let path = loaded.config.state.dir.join(OUTBOX_FILE);
     if !path.exists() {
-        return Err(format!("no outbox at {}: flupd has not run with state.dir {}", path.display(), loaded.config.state.dir.display()));
+        return Err(format!(
+            "no outbox at {}: flupd has not run with state.dir {}",
+            path.display(),
+            loaded.config.state.dir.display()
+        ));
     }
     Outbox::open(&loaded.config.state.dir, loaded.config.outbox.clone()).map_err(|error| error.to_string())
 }
@@ -207,7 +211,8 @@ async fn replay(loaded: Loaded, name: &str, filter: &EventFilter) -> ExitCode {
         eprintln!("flupd: no sink named {name:?}; configured sinks: {}", names.join(", "));
         return ExitCode::from(EXIT_USAGE);
     };
-    let result = open_outbox(&loaded).and_then(|outbox| outbox.query(&query(filter)).map_err(|error| error.to_string()));
+    let result =
+        open_outbox(&loaded).and_then(|outbox| outbox.query(&query(filter)).map_err(|error| error.to_string()));
     let events = match result {
         Ok(events) => events,
         Err(error) => {

@@ -98,8 +98,9 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&chrono::Utc));
     }
-    let ago = humantime::parse_duration(text)
-        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 such as 2026-07-22T10:00:00Z, or a duration such as 2h"))?;
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!("invalid time {text:?}: expected RFC 3339 such as 2026-07-22T10:00:00Z, or a duration such as 2h")
+    })?;
     let ago = chrono::Duration::from_std(ago).map_err(|_| format!("duration {text:?} is too long"))?;
     Ok(chrono::Utc::now() - ago)
 }

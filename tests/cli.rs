@@ -159,7 +159,10 @@ async fn events_and_replay_read_the_archive() {
     let standin = common::standin().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!("[outbox]\nretain = \"1h\"\n\n[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n", file.display());
+    let sinks = format!(
+        "[outbox]\nretain = \"1h\"\n\n[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n",
+        file.display()
+    );
     let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks);
     let mut daemon = setup.start();
     daemon.wait_subscribed();
@@ -184,14 +187,16 @@ async fn events_and_replay_read_the_archive() {
     assert_eq!(lines[0]["kind"], "gate_change");
     assert_eq!(lines[1]["kind"], "departed");
 
-    let gates = flupd().args(["--config", &config, "events", "--kind", "gate_change", "--since", "1h"]).output().unwrap();
+    let gates =
+        flupd().args(["--config", &config, "events", "--kind", "gate_change", "--since", "1h"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&gates.stdout).lines().count(), 1);
     let future = flupd().args(["--config", &config, "events", "--since", "2999-01-01T00:00:00Z"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&future.stdout).lines().count(), 0);
     let bad = flupd().args(["--config", &config, "events", "--since", "yesterday-ish"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "clap rejects an invalid time");
 
-    let replayed = flupd().args(["--config", &config, "replay", "--sink", "archive", "--since", "1h"]).output().unwrap();
+    let replayed =
+        flupd().args(["--config", &config, "replay", "--sink", "archive", "--since", "1h"]).output().unwrap();
     assert_eq!(replayed.status.code(), Some(0), "{}", String::from_utf8_lossy(&replayed.stderr));
     let events = common::read_json_lines(&file);
     assert_eq!(events.len(), 6);

@@ -61,14 +61,24 @@ async fn sigkill_during_load_loses_nothing() {
     // The broker kept the persistent session's queue while flupd was dead.
     let mut restarted = setup.start();
     let file = dir.path().join("events.jsonl");
-    wait_for(Duration::from_secs(120), "every event in the file", || distinct(&sequence_numbers(&read_json_lines(&file))).len() as u64 == TOTAL).await;
-    wait_for(Duration::from_secs(120), "every event at the webhook", || distinct(&sequence_numbers(&receiver.accepted())).len() as u64 == TOTAL).await;
+    wait_for(Duration::from_secs(120), "every event in the file", || {
+        distinct(&sequence_numbers(&read_json_lines(&file))).len() as u64 == TOTAL
+    })
+    .await;
+    wait_for(Duration::from_secs(120), "every event at the webhook", || {
+        distinct(&sequence_numbers(&receiver.accepted())).len() as u64 == TOTAL
+    })
+    .await;
 
     let file_events = read_json_lines(&file);
     let hook_events = receiver.accepted();
     let file_repeats = file_events.len() as u64 - TOTAL;
     let hook_repeats = hook_events.len() as u64 - TOTAL;
-    println!("file: {} lines for {TOTAL} messages ({file_repeats} repeats); webhook: {} requests accepted ({hook_repeats} repeats)", file_events.len(), hook_events.len());
+    println!(
+        "file: {} lines for {TOTAL} messages ({file_repeats} repeats); webhook: {} requests accepted ({hook_repeats} repeats)",
+        file_events.len(),
+        hook_events.len()
+    );
 
     // Every event delivered twice carries the mark at least on its later copy.
     for events in [&file_events, &hook_events] {
@@ -162,7 +172,8 @@ async fn sigterm_leaves_undelivered_events_for_next_start() {
 
     receiver.set_mode(Mode::Accept(Duration::ZERO));
     let mut restarted = setup.start();
-    wait_for(TIMEOUT, "the rest at the webhook", || distinct(&sequence_numbers(&receiver.accepted())).len() == 100).await;
+    wait_for(TIMEOUT, "the rest at the webhook", || distinct(&sequence_numbers(&receiver.accepted())).len() == 100)
+        .await;
     println!("webhook: {first_run} before SIGTERM, {} after restart", receiver.accepted_count() - first_run);
     assert_eq!(read_json_lines(&file).len(), 100, "the file sink had drained and gets nothing twice");
     restarted.signal(Signal::SIGTERM);
@@ -188,7 +199,10 @@ async fn frozen_broker_is_noticed_within_two_keepalives() {
     // While frozen, attempts are spaced by the backoff, not a hot loop.
     let failures_before = flupd.stderr().matches("connection failed").count();
     let window = Instant::now();
-    wait_for(TIMEOUT, "three more failed attempts", || flupd.stderr().matches("connection failed").count() >= failures_before + 3).await;
+    wait_for(TIMEOUT, "three more failed attempts", || {
+        flupd.stderr().matches("connection failed").count() >= failures_before + 3
+    })
+    .await;
     println!("three attempts in {:?}", window.elapsed());
 
     standin.thaw_broker();
@@ -225,4 +239,40 @@ async fn oversize_message_goes_to_dead_letter() {
     flupd.signal(Signal::SIGTERM);
     assert_eq!(flupd.wait_exit(TIMEOUT), 0);
     assert!(flupd.stderr().contains("dead_lettered=1"), "{}", flupd.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_outbox_stops_acks_until_it_recovers() {
+    let standin = common::standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!("[[sinks]]\ntype = \"file\"\npath = \"{}\"\n", dir.path().join("events.jsonl").display());
+    let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks);
+    let mut flupd = setup.start();
+    flupd.wait_subscribed();
+    publish_numbered(&standin, 0, 5).await;
+    let file = dir.path().join("events.jsonl");
+    wait_for(TIMEOUT, "5 events", || read_json_lines(&file).len() == 5).await;
+
+    // Running as root, permission bits do not stop flupd, so a file size
+    // limit of one byte makes every write to the outbox fail with EFBIG,
+    // like a full disk.
+    let pid = flupd.child.id().to_string();
+    let limit = std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=1:unlimited"]).status().unwrap();
+    assert!(limit.success());
+    publish_numbered(&standin, 5, 20).await;
+    flupd.wait_for_log("outbox write failed", Duration::from_secs(20));
+    let failure = flupd.stderr().lines().find(|line| line.contains("outbox write failed")).unwrap().to_owned();
+    assert!(failure.contains("ERROR"), "{failure}");
+    assert!(failure.contains("outbox.sqlite"), "the error names the file: {failure}");
+    assert_eq!(read_json_lines(&file).len(), 5, "nothing unstored is delivered");
+
+    let unlimited =
+        std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=unlimited:unlimited"]).status().unwrap();
+    assert!(unlimited.success());
+    wait_for(TIMEOUT, "25 events after recovery", || distinct(&sequence_numbers(&read_json_lines(&file))).len() == 25)
+        .await;
+    assert!(flupd.stderr().contains("outbox writable again"), "{}", flupd.stderr());
+    println!("{} lines in the file for 25 messages", read_json_lines(&file).len());
+    flupd.signal(Signal::SIGTERM);
+    assert_eq!(flupd.wait_exit(TIMEOUT), 0);
 }

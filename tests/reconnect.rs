@@ -98,7 +98,11 @@ async fn credentials_renewed_before_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks(dir.path()));
     let config = std::fs::read_to_string(&setup.config_path).unwrap();
-    std::fs::write(&setup.config_path, config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nrenew_before = \"30s\"")).unwrap();
+    std::fs::write(
+        &setup.config_path,
+        config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nrenew_before = \"30s\""),
+    )
+    .unwrap();
 
     let mut flupd = setup.start();
     flupd.wait_subscribed();

@@ -109,14 +109,31 @@ dir = "{state}"
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).unwrap())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (name, value) in env {
             command.env(name, value);
         }
-        let child = command.spawn().expect("flupd starts");
+        let mut child = command.spawn().expect("flupd starts");
+        // Pipes, copied to files by this process, keep flupd's own output
+        // free of file limits that a test may set on flupd.
+        copy_to_file(child.stdout.take().unwrap(), &stdout_path);
+        copy_to_file(child.stderr.take().unwrap(), &stderr_path);
         Flupd { child, stdout_path, stderr_path }
     }
+}
+
+fn copy_to_file(mut from: impl std::io::Read + Send + 'static, path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut buffer = [0u8; 8192];
+        while let Ok(read) = from.read(&mut buffer) {
+            if read == 0 || file.write_all(&buffer[..read]).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// A running flupd process. It is killed when dropped.
@@ -137,8 +154,11 @@ impl Flupd {
 
     /// Waits until the logs contain `text`.
     pub fn wait_for_log(&self, text: &str, timeout: Duration) {
-        wait_until(timeout, &format!("log line {text:?}"), || self.stderr().contains(text));
-        let _ = self;
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(text) {
+            assert!(Instant::now() < deadline, "no log line {text:?} within {timeout:?}; logs:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until every filter is subscribed.
