@@ -38,6 +38,8 @@ pub enum DaemonError {
     Credentials(#[from] CredentialsError),
     #[error("create HTTP client: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
 }
 
 impl DaemonError {
@@ -112,6 +114,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         sinks.push((spec.clone(), sink));
     }
 
+    let service = crate::service::Service::start(&config, &tracker, shutdown.clone()).await?;
     let credentials = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         credentials = obtain_credentials(&store) => credentials?,
@@ -131,6 +134,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
+    service.attach(
+        running.state.clone(),
+        routes.iter().map(|route| (route.spec.name.clone(), route.stats.clone())).collect(),
+    );
     tracing::info!(
         sinks = routes.len(),
         topics = config.mqtt.topics.len(),
@@ -147,6 +154,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     };
     dispatcher.run(messages_rx).await;
 
+    service.stopping();
     shutdown.cancel();
     tracker.close();
     let routes = std::mem::take(&mut dispatcher.routes);
@@ -195,6 +203,7 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
                     Origin::Fetched => "api",
                 };
                 tracing::info!(client_id = %credentials.client_id, origin, expires_at = %credentials.expires_display(), "mqtt credentials ready");
+                crate::metrics::set_credentials_expiry(credentials.expires_at);
                 return Ok(credentials);
             }
             Err(CredentialsError::Api(error)) if error.is_retryable() => {
@@ -266,6 +275,7 @@ impl Dispatcher {
         let publish = &received.publish;
         let event = Event::from_message(&publish.topic, &publish.payload, publish.qos as u8, received.received_at);
         self.stats.received.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::record_event(publish.qos as u8, event.kind.as_str(), event.payload_error.is_some());
         if let Some(error) = event.payload_error {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(topic = %event.topic, event_id = %event.id, problem = error.as_str(), bytes = publish.payload.len(), "malformed payload, delivering it raw");

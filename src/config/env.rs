@@ -63,6 +63,12 @@ impl Env {
         self.get("JOURNAL_STREAM").is_some()
     }
 
+    /// systemd's `$JOURNAL_STREAM`: `DEVICE:INODE` of the journal stream the
+    /// service's standard error was connected to at start.
+    pub fn journal_stream_id(&self) -> Option<&str> {
+        self.get("JOURNAL_STREAM")
+    }
+
     pub fn no_color(&self) -> bool {
         self.get("NO_COLOR").is_some()
     }

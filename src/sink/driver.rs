@@ -22,6 +22,8 @@ pub struct SinkStats {
     pub failed: AtomicU64,
     /// Events not queued because the queue was full.
     pub dropped: AtomicU64,
+    /// The delivery in progress, for the stuck-sink check.
+    pub progress: crate::service::SinkProgress,
 }
 
 /// Delivers every event from `queue` to `sink` until the queue closes and
@@ -74,7 +76,9 @@ async fn flush(sink: &mut Sink) {
 async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
     let mut backoff = sink.retry_backoff();
     let mut attempt: u32 = 1;
+    let _delivering = stats.progress.delivering(event);
     loop {
+        let attempt_running = stats.progress.attempt();
         let error = match sink.deliver(event).await {
             Ok(()) => {
                 if attempt > 1 {
@@ -86,6 +90,7 @@ async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
             }
             Err(error) => error,
         };
+        drop(attempt_running);
         let delay = match error.retry {
             Retry::Never => {
                 tracing::error!(event_id = %event.id, topic = %event.topic, error = %error, "event rejected by sink, dropped");
