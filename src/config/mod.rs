@@ -721,6 +721,12 @@ mod tests {
     }
 
     #[test]
+    fn config_path_variable_is_no_override() {
+        let loaded = load_str(MINIMAL, &env(&[("FLUPD_CONFIG", "/etc/flupd/other.toml")]));
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+    }
+
+    #[test]
     fn config_secret_precedence() {
         let toml = MINIMAL.replace("client_secret = \"s3cret\"", "");
         let from_env = load_str(&toml, &env(&[("FLUPD_CLIENT_SECRET", "e")])).unwrap().config;
