@@ -159,7 +159,7 @@ async fn credentials(loaded: Loaded, renew: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Asks `/readyz` of the configured health endpoint and prints its answer.
+/// Asks `/readyz` of the configured health endpoint and prints its response.
 fn health(cli: &Cli, env: &Env, timeout: std::time::Duration) -> ExitCode {
     let loaded = match load(cli, env) {
         Ok(loaded) => loaded,
@@ -202,8 +202,8 @@ fn health(cli: &Cli, env: &Env, timeout: std::time::Duration) -> ExitCode {
     })
 }
 
-/// The address to reach a listener at: a wildcard address is reached
-/// through loopback.
+/// Returns the address to reach a listener at, using loopback for a
+/// wildcard address.
 fn connect_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match listen.ip() {

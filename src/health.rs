@@ -1,7 +1,7 @@
 //! The HTTP health endpoint: `/healthz`, `/readyz` and `/metrics`.
 //!
-//! It is off unless `health.listen` is set. `/healthz` answers 200 while
-//! the process serves requests. `/readyz` answers 200 only when flupd is
+//! It is off unless `health.listen` is set. `/healthz` returns 200 while
+//! the process serves requests. `/readyz` returns 200 only when flupd is
 //! connected, every subscription is granted and no sink is stuck, and
 //! otherwise 503 with one reason per line. `/metrics` renders the metrics in
 //! the Prometheus text format on each request.

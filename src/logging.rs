@@ -53,7 +53,7 @@ pub fn init(format: LogFormat, level: &str, color: bool, journal: bool) {
     let _ = result;
 }
 
-/// Whether standard error is still the journal stream that `JOURNAL_STREAM`
+/// Returns whether standard error is still the journal stream that `JOURNAL_STREAM`
 /// (`DEVICE:INODE`) names. A process started from a service's shell
 /// inherits the variable with another standard error, as sd-daemon(3) warns.
 pub fn stderr_is_journal(journal_stream: &str) -> bool {
@@ -66,7 +66,7 @@ pub fn stderr_is_journal(journal_stream: &str) -> bool {
     std::fs::metadata("/proc/self/fd/2").is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
 }
 
-/// The syslog priority for a tracing level: err, warning, info and debug.
+/// Maps a tracing level to its syslog priority: err, warning, info and debug.
 fn syslog_priority(level: &Level) -> u8 {
     match *level {
         Level::ERROR => 3,

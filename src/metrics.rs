@@ -103,16 +103,16 @@ pub fn set_credentials_expiry(expires_at: Option<DateTime<Utc>>) {
     CREDENTIALS_EXPIRES_AT.store(seconds, Ordering::Relaxed);
 }
 
-/// Counts one answer of Lufthansa's API. `status` is `None` when no HTTP
-/// answer came (connection error or timeout).
+/// Counts one request to Lufthansa's API by its HTTP status, `None` when no
+/// response came (connection error or timeout).
 pub fn record_api_call(path: &str, status: Option<u16>) {
     let endpoint = api_endpoint(path);
     let status = status.map_or_else(|| "error".to_owned(), |status| status.to_string());
     counter!(API_REQUESTS, "endpoint" => endpoint, "status" => status).increment(1);
 }
 
-/// Counts an answer saying that the rate limit is exceeded; flupd then
-/// waits instead of calling again at once.
+/// Counts a response saying that the rate limit is exceeded. Lufthansa then
+/// blocks the key for a while.
 pub fn record_rate_limited(path: &str) {
     counter!(API_RATE_LIMITED, "endpoint" => api_endpoint(path)).increment(1);
 }

@@ -27,7 +27,7 @@ use crate::event::Event;
 use crate::mqtt::LinkState;
 use crate::sink::driver::SinkStats;
 
-/// Why the service parts could not start.
+/// Errors starting the service parts.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("listen on {addr} for the health endpoint: {source}; set health.listen to a free address or remove it")]
@@ -47,7 +47,7 @@ static LAST_POLL_MS: AtomicU64 = AtomicU64::new(0);
 static LAST_CONNECTION_ERROR: Mutex<&'static str> = Mutex::new("");
 
 /// Records that the MQTT event loop returned from a poll. The poller calls
-/// it after every poll, so that the watchdog sees the loop turning.
+/// it after every poll, so that the watchdog can tell the loop is turning.
 pub fn poll_heartbeat() {
     let elapsed = process_start().elapsed().as_millis() as u64;
     LAST_POLL_MS.store(elapsed.max(1), Ordering::Relaxed);
@@ -73,7 +73,7 @@ fn last_connection_error() -> &'static str {
     LAST_CONNECTION_ERROR.lock().map(|last| *last).unwrap_or("")
 }
 
-/// How long the MQTT event loop may go without returning from a poll.
+/// Returns how long the MQTT event loop may go without returning from a poll.
 ///
 /// A healthy loop returns at least once per keepalive (the PINGREQ), and
 /// notices a silent broker after two. Between attempts it sleeps up to
@@ -84,7 +84,7 @@ pub fn poll_stall_limit(config: &Config) -> Duration {
     config.mqtt.keepalive * 2 + config.mqtt.reconnect_max_delay + config.lufthansa.request_timeout * 4
 }
 
-/// What a sink task is doing, for the stuck-sink check and the oldest
+/// Progress of one sink task, for the stuck-sink check and the oldest
 /// pending age. Each field is 0 while the sink is idle.
 #[derive(Debug, Default)]
 pub struct SinkProgress {
@@ -132,7 +132,7 @@ impl SinkProgress {
         ProgressGuard { field: Field::Attempt(&self.attempt_started_ms) }
     }
 
-    /// How long the current delivery attempt has been running.
+    /// Returns how long the current delivery attempt has been running.
     pub fn attempt_running_for(&self) -> Option<Duration> {
         let started = self.attempt_started_ms.load(Ordering::Relaxed);
         (started != 0).then(|| process_start().elapsed().saturating_sub(Duration::from_millis(started)))
@@ -163,17 +163,17 @@ impl Monitor {
         }
     }
 
-    /// The connection state, `None` before the connection starts.
+    /// Returns the connection state, `None` before the connection starts.
     pub fn link_state(&self) -> Option<LinkState> {
         self.link.lock().ok()?.as_ref().map(|link| *link.borrow())
     }
 
-    /// The sinks and their counters.
+    /// Returns the sinks and their counters.
     pub fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
         self.sinks.lock().map(|sinks| sinks.clone()).unwrap_or_default()
     }
 
-    /// Why flupd is not ready to receive updates; empty when it is.
+    /// Lists the reasons flupd is not ready to receive updates, none when it is.
     pub fn readiness_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         match self.link_state() {
@@ -196,7 +196,7 @@ impl Monitor {
         problems
     }
 
-    /// Why the watchdog must not be pinged; empty while flupd makes progress.
+    /// Lists the reasons not to ping the watchdog, none while flupd makes progress.
     pub fn liveness_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let last_poll = LAST_POLL_MS.load(Ordering::Relaxed);
@@ -254,7 +254,7 @@ pub struct Service {
 
 impl Service {
     /// Starts the health endpoint when configured and the watchdog when
-    /// systemd asks for one, and reports that credentials are being fetched.
+    /// systemd requests one, and reports that credentials are being fetched.
     pub async fn start(
         config: &Config,
         tracker: &TaskTracker,

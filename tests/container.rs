@@ -1,7 +1,7 @@
 //! The contract the container image relies on, checked without a container
 //! engine: flupd runs as an unprivileged user with the image's default
-//! configuration file and environment variables only, writes nothing but
-//! its state directory, answers `flupd health`, and exits 0 on SIGTERM.
+//! configuration file and environment variables only, writes its cache to
+//! the state directory, passes `flupd health`, and exits 0 on SIGTERM.
 
 mod common;
 
@@ -28,13 +28,13 @@ fn user_id(name: &str) -> u32 {
     String::from_utf8_lossy(&output.stdout).trim().parse().unwrap()
 }
 
-/// Whether every directory above `path` lets other users through, so that
+/// Returns whether every directory above `path` lets other users through, so that
 /// an unprivileged user can run the binary.
 fn reachable_by_others(path: &Path) -> bool {
     path.ancestors().skip(1).all(|dir| std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0))
 }
 
-/// A command that runs `args` as [`USER`] with no environment but `env`.
+/// Builds a command that runs `args` as [`USER`] with no environment but `env`.
 fn unprivileged(args: &[&str], env: &[(String, String)]) -> Command {
     let mut command = Command::new("setpriv");
     command

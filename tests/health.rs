@@ -36,7 +36,7 @@ fn health_command(setup: &Setup) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
-/// The value of one series, written exactly as the exporter writes it,
+/// Returns the value of one series, named exactly as the exporter writes it,
 /// such as `flupd_events_total{kind="gate"}`.
 fn series(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -64,7 +64,8 @@ async fn health_endpoints_follow_subscription() {
     assert!(body.contains("not connected to the broker"), "{body}");
     let (code, output) = health_command(&setup);
     assert_eq!(code, 1, "{output}");
-    assert!(output.contains("503") && output.contains("not connected"), "{output}");
+    assert!(output.contains("503"), "{output}");
+    assert!(output.contains("not connected"), "{output}");
 
     standin.restart_broker().await.unwrap();
     flupd.wait_subscribed();
@@ -106,7 +107,8 @@ async fn health_endpoints_follow_subscription() {
     assert_eq!(value(&metrics, "flupd_mqtt_session_present"), 0.0);
     // The stand-in issues JWTs valid for about two years.
     let expiry = value(&metrics, "flupd_credentials_expiry_seconds");
-    assert!(expiry > 365.0 * 86400.0 && expiry < 3.0 * 365.0 * 86400.0, "{expiry}");
+    assert!(expiry > 365.0 * 86400.0, "{expiry}");
+    assert!(expiry < 3.0 * 365.0 * 86400.0, "{expiry}");
     assert_eq!(value(&metrics, "flupd_api_requests_total{endpoint=\"token\",status=\"200\"}"), 1.0);
     assert_eq!(value(&metrics, "flupd_api_requests_total{endpoint=\"credentials\",status=\"200\"}"), 1.0);
     assert!(metrics.contains("# TYPE flupd_messages_received_total counter"), "{metrics}");
@@ -128,7 +130,8 @@ async fn health_port_taken_fails_start() {
     let mut flupd = setup.start();
     assert_eq!(flupd.wait_exit(TIMEOUT), 1);
     let logs = flupd.stderr();
-    assert!(logs.contains(&format!("127.0.0.1:{port}")) && logs.contains("health.listen"), "{logs}");
+    assert!(logs.contains(&format!("127.0.0.1:{port}")), "{logs}");
+    assert!(logs.contains("health.listen"), "{logs}");
 }
 
 #[test]

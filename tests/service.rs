@@ -135,7 +135,8 @@ async fn notify_ready_only_after_subscription() {
     let connected_at = socket.position(|message| message.contains("STATUS=connected, subscribing")).unwrap();
     assert!(connected_at < ready_at, "{messages:#?}");
     let logs = flupd.stderr();
-    assert!(logs.contains("subscribed") && logs.contains("refused=0"), "{logs}");
+    assert!(logs.contains("subscribed"), "{logs}");
+    assert!(logs.contains("refused=0"), "{logs}");
 
     // Pings go on after READY=1 at half the watchdog interval.
     let pings_at_ready = socket.count(is_watchdog);
@@ -162,7 +163,7 @@ async fn notify_absent_socket_is_harmless() {
     assert!(!flupd.stderr().contains("notification not sent"), "{}", flupd.stderr());
 }
 
-/// A TCP server that accepts connections and never answers, so that a
+/// A TCP server that accepts connections and never responds, so that a
 /// webhook delivery to it hangs.
 fn silent_server() -> (std::net::TcpListener, u16) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -205,7 +206,7 @@ timeout = "1h"
     assert!(logs.contains("sink hanging: delivery attempt running for"), "{logs}");
 
     // No ping may follow once the sink counts as stuck. An absence can only
-    // be observed over a window, here three watchdog ping intervals; one
+    // be observed over a window, here three watchdog ping intervals. One
     // ping may have been in flight when the log line was written.
     let withheld_at = socket.count(is_watchdog);
     tokio::time::sleep(Duration::from_millis(300)).await;
