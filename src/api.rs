@@ -212,11 +212,12 @@ impl LufthansaApi {
 /// answer means.
 async fn send(request: reqwest::RequestBuilder, url: &Url) -> Result<Vec<u8>, ApiError> {
     let shown = display_url(url);
-    let response = request
-        .send()
-        .await
-        .map_err(|error| ApiError::Transport { url: shown.clone(), message: transport_message(&error) })?;
+    let response = request.send().await.map_err(|error| {
+        crate::metrics::record_api_call(url.path(), None);
+        ApiError::Transport { url: shown.clone(), message: transport_message(&error) }
+    })?;
     let status = response.status().as_u16();
+    crate::metrics::record_api_call(url.path(), Some(status));
     let body = response
         .bytes()
         .await
@@ -227,6 +228,7 @@ async fn send(request: reqwest::RequestBuilder, url: &Url) -> Result<Vec<u8>, Ap
 
     let detail = error_detail(&body);
     Err(if is_rate_limit(status, &detail) {
+        crate::metrics::record_rate_limited(url.path());
         ApiError::RateLimited { url: shown, status, detail }
     } else if status == 401 || status == 403 {
         ApiError::NotAuthorized { url: shown, status, detail }

@@ -28,6 +28,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Events { filter } => with_config(&cli, &env, |loaded| events(&loaded, filter)),
         Command::Replay { sink, filter } => with_config(&cli, &env, |loaded| block_on(replay(loaded, sink, filter))),
+        Command::Health { timeout } => health(&cli, &env, *timeout),
         Command::Demo { max_events, interval } => demo(*max_events, *interval),
     }
 }
@@ -69,7 +70,8 @@ fn with_config(cli: &Cli, env: &Env, body: impl FnOnce(Loaded) -> ExitCode) -> E
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    logging::init(loaded.config.log.format, &loaded.config.log.level, !env.no_color());
+    let journal = env.journal_stream_id().is_some_and(logging::stderr_is_journal);
+    logging::init(loaded.config.log.format, &loaded.config.log.level, !env.no_color(), journal);
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
@@ -247,6 +249,61 @@ async fn replay(loaded: Loaded, name: &str, filter: &EventFilter) -> ExitCode {
     if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// Asks `/readyz` of the configured health endpoint and prints its response.
+fn health(cli: &Cli, env: &Env, timeout: std::time::Duration) -> ExitCode {
+    let loaded = match load(cli, env) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            print_load_error(&error);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Some(listen) = loaded.config.health.listen else {
+        eprintln!(
+            "flupd: the health endpoint is off; set health.listen, such as listen = \"127.0.0.1:9188\" in [health]"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let url = format!("http://{}/readyz", connect_address(listen));
+    block_on(async move {
+        let client = match reqwest::Client::builder().no_proxy().timeout(timeout).build() {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!("flupd: create HTTP client: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let response = match client.get(&url).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                eprintln!("flupd: {url}: not reachable: {error}; is flupd running with this configuration?");
+                return ExitCode::FAILURE;
+            }
+        };
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            print!("{body}");
+            ExitCode::SUCCESS
+        } else {
+            eprint!("flupd: {url}: HTTP {}: {body}", status.as_u16());
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Returns the address to reach a listener at, using loopback for a
+/// wildcard address.
+fn connect_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
 /// Rounds a duration to the largest whole unit, as "3days" or "5h".
 fn whole_units(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs();
@@ -261,7 +318,7 @@ fn whole_units(duration: std::time::Duration) -> String {
 
 #[cfg(feature = "demo")]
 fn demo(max_events: Option<u64>, interval: std::time::Duration) -> ExitCode {
-    logging::init(config::LogFormat::Text, "warn,flupd=info", true);
+    logging::init(config::LogFormat::Text, "warn,flupd=info", true, false);
     block_on(crate::demo::run(max_events, interval))
 }
 

@@ -51,6 +51,14 @@ pub enum Command {
         #[command(flatten)]
         filter: EventFilter,
     },
+    /// Ask the running daemon's health endpoint (health.listen) whether it is
+    /// ready, and exit with 0 when /readyz answers 200 or 1 when it does not
+    /// or cannot be reached. Meant for container health checks.
+    Health {
+        /// How long to wait for the answer, such as 5s.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: std::time::Duration,
+    },
     /// Run the whole pipeline against a local stand-in of Lufthansa's API and
     /// broker, printing events to stdout. Needs mosquitto installed and a
     /// build with `--features demo`.

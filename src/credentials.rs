@@ -157,6 +157,7 @@ impl CredentialStore {
             expires_at,
         };
         self.write_cache(&credentials)?;
+        crate::metrics::set_credentials_expiry(credentials.expires_at);
         tracing::info!(client_id = %credentials.client_id, expires_at = %credentials.expires_display(), path = %self.path.display(), "credentials cached");
         Ok(credentials)
     }

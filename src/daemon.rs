@@ -44,6 +44,8 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
 }
 
 impl DaemonError {
@@ -124,6 +126,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         sinks.push((spec.clone(), sink, reader));
     }
 
+    let service = crate::service::Service::start(&config, &tracker, shutdown.clone()).await?;
     let credentials = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         credentials = obtain_credentials(&store) => credentials?,
@@ -146,6 +149,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
+    service.attach(running.state.clone(), stats.clone());
     tracing::info!(
         sinks = stats.len(),
         topics = config.mqtt.topics.len(),
@@ -163,6 +167,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         shutdown: shutdown.clone(),
     };
     dispatcher.run(messages_rx).await;
+    service.stopping();
 
     // The connection stops first, so nothing new arrives while the sinks drain.
     shutdown.cancel();
@@ -233,6 +238,7 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
                     Origin::Fetched => "api",
                 };
                 tracing::info!(client_id = %credentials.client_id, origin, expires_at = %credentials.expires_display(), "mqtt credentials ready");
+                crate::metrics::set_credentials_expiry(credentials.expires_at);
                 return Ok(credentials);
             }
             Err(CredentialsError::Api(error)) if error.is_retryable() => {

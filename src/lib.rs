@@ -15,8 +15,11 @@
 //! - [`outbox`]: the durable store every event passes before its ack.
 //! - [`sink`]: delivery of events to stdout, files and webhooks.
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
+//! - [`service`]: systemd notifications, the watchdog and the health checks.
+//! - [`health`]: the HTTP health and metrics endpoint.
+//! - [`metrics`]: metric names and recording helpers.
 //! - [`backoff`]: capped exponential backoff with jitter.
-//! - [`logging`]: the tracing subscriber.
+//! - [`logging`]: the tracing subscriber, with journald priorities.
 //! - `demo` (feature `demo`): the pipeline against a local stand-in.
 
 pub mod api;
@@ -29,9 +32,12 @@ pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod event;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod secret;
+pub mod service;
 pub mod sink;
 pub mod topic;

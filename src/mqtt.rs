@@ -239,12 +239,14 @@ impl Poller {
                 }
                 polled = self.event_loop.poll() => polled,
             };
+            crate::service::poll_heartbeat();
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     connected = true;
                     renewed_since_connect = false;
                     backoff.reset();
                     tracing::info!(session_present = connack.session_present, "connected");
+                    crate::service::connected(connack.session_present);
                     self.state.send_replace(LinkState::Connected { session_present: connack.session_present });
                     self.connack.send_replace(Some(connack.session_present));
                 }
@@ -275,6 +277,7 @@ impl Poller {
                     }
                 }
                 Err(error) => {
+                    crate::service::connection_failed(&error);
                     if connected {
                         tracing::warn!(error = %describe(&error), "connection lost");
                     } else {

@@ -12,6 +12,9 @@ pub const OVERRIDE_PREFIX: &str = "FLUPD_";
 /// Variable holding the Lufthansa client secret.
 pub const CLIENT_SECRET_VAR: &str = "FLUPD_CLIENT_SECRET";
 
+/// Variable naming the configuration file, read by the command line.
+pub const CONFIG_PATH_VAR: &str = "FLUPD_CONFIG";
+
 /// A snapshot of the variables flupd reads. Tests build one from a map
 /// instead of changing the process environment.
 #[derive(Clone, Default)]
@@ -33,12 +36,16 @@ impl Env {
     }
 
     /// `FLUPD_<SECTION>__<KEY>` variables with the prefix removed, for the
-    /// config crate. `FLUPD_CLIENT_SECRET` is not a configuration key and is
-    /// left out.
+    /// config crate. `FLUPD_CLIENT_SECRET` and `FLUPD_CONFIG` are not
+    /// configuration keys and are left out.
     pub fn overrides(&self) -> config::Map<String, String> {
         self.vars
             .iter()
-            .filter(|(name, _)| name.starts_with(OVERRIDE_PREFIX) && name.as_str() != CLIENT_SECRET_VAR)
+            .filter(|(name, _)| {
+                name.starts_with(OVERRIDE_PREFIX)
+                    && name.as_str() != CLIENT_SECRET_VAR
+                    && name.as_str() != CONFIG_PATH_VAR
+            })
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect()
     }
@@ -61,6 +68,12 @@ impl Env {
     /// Whether standard error is connected to the systemd journal.
     pub fn journal_stream(&self) -> bool {
         self.get("JOURNAL_STREAM").is_some()
+    }
+
+    /// systemd's `$JOURNAL_STREAM`: `DEVICE:INODE` of the journal stream the
+    /// service's standard error was connected to at start.
+    pub fn journal_stream_id(&self) -> Option<&str> {
+        self.get("JOURNAL_STREAM")
     }
 
     pub fn no_color(&self) -> bool {

@@ -8,6 +8,7 @@
 pub mod env;
 pub mod problems;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub state: StateConfig,
     pub outbox: OutboxConfig,
+    pub health: HealthConfig,
     pub sinks: Vec<SinkSpec>,
 }
 
@@ -107,6 +109,18 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// Port of the health endpoint when `health.listen` gives only a port.
+pub const DEFAULT_HEALTH_PORT: u16 = 9188;
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Address of the HTTP health endpoint; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+    /// How long one delivery attempt may run before the sink counts as
+    /// stuck, which makes `/readyz` fail and stops the watchdog pings.
+    pub sink_stuck_after: Duration,
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -133,7 +147,7 @@ pub struct Loaded {
 }
 
 const TOP_KEYS: &[&str] =
-    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "sinks"];
+    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "health", "sinks"];
 const LUFTHANSA_KEYS: &[&str] = &[
     "client_id",
     "client_secret",
@@ -156,6 +170,7 @@ const MQTT_KEYS: &[&str] = &[
 ];
 const STATE_KEYS: &[&str] = &["dir"];
 const OUTBOX_KEYS: &[&str] = &["durability", "retain", "max_bytes", "full_policy", "max_event_bytes", "dedup_window"];
+const HEALTH_KEYS: &[&str] = &["listen", "sink_stuck_after"];
 
 /// Loads the configuration file at `path` with the environment's overrides.
 ///
@@ -234,6 +249,7 @@ impl Reader<'_> {
         self.check_keys(Some("mqtt"), MQTT_KEYS);
         self.check_keys(Some("state"), STATE_KEYS);
         self.check_keys(Some("outbox"), OUTBOX_KEYS);
+        self.check_keys(Some("health"), HEALTH_KEYS);
 
         let log = self.log();
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(10));
@@ -241,8 +257,9 @@ impl Reader<'_> {
         let mqtt = self.mqtt(warnings);
         let state = self.state(env);
         let outbox = self.outbox(mqtt.as_ref().map(|mqtt| mqtt.max_packet_size));
+        let health = self.health(warnings);
         let sinks = self.sinks();
-        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, outbox, sinks })
+        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, outbox, health, sinks })
     }
 
     /// Reports keys of a section that flupd does not know.
@@ -584,6 +601,35 @@ impl Reader<'_> {
         }
     }
 
+    fn health(&mut self, warnings: &mut Vec<Warning>) -> HealthConfig {
+        let listen = self.string("health.listen").and_then(|text| match parse_listen(&text) {
+            Some(addr) => Some(addr),
+            None => {
+                self.problems.push(
+                    "health.listen",
+                    format!("invalid address {text:?}: expected an IP address and port such as \"127.0.0.1:{DEFAULT_HEALTH_PORT}\", or a port alone for 127.0.0.1"),
+                );
+                None
+            }
+        });
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() {
+                warnings.push(Warning {
+                    key: "health.listen".to_owned(),
+                    message: format!("{addr} is reachable from other hosts, and /metrics has no authentication; use 127.0.0.1 unless a firewall or container network limits access"),
+                });
+            }
+        }
+        let sink_stuck_after = self.duration("health.sink_stuck_after", Duration::from_secs(300));
+        if sink_stuck_after < Duration::from_secs(1) {
+            self.problems.push(
+                "health.sink_stuck_after",
+                "invalid value: expected at least 1s, longer than any one delivery should take",
+            );
+        }
+        HealthConfig { listen, sink_stuck_after }
+    }
+
     fn sinks(&mut self) -> Vec<SinkSpec> {
         let tables = match self.raw.get::<Vec<serde_json::Value>>("sinks") {
             Ok(tables) => tables,
@@ -618,6 +664,16 @@ impl Reader<'_> {
         }
         sinks
     }
+}
+
+/// Parses `health.listen`: an IP address with a port, or a port alone,
+/// which binds 127.0.0.1 so that the endpoint stays local by default.
+fn parse_listen(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    if let Ok(port) = text.trim_start_matches(':').parse::<u16>() {
+        return (port != 0).then_some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse::<SocketAddr>().ok().filter(|addr| addr.port() != 0)
 }
 
 #[cfg(test)]
@@ -730,6 +786,12 @@ mod tests {
     }
 
     #[test]
+    fn config_path_variable_is_no_override() {
+        let loaded = load_str(MINIMAL, &env(&[("FLUPD_CONFIG", "/etc/flupd/other.toml")]));
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+    }
+
+    #[test]
     fn config_secret_precedence() {
         let toml = MINIMAL.replace("client_secret = \"s3cret\"", "");
         let from_env = load_str(&toml, &env(&[("FLUPD_CLIENT_SECRET", "e")])).unwrap().config;
@@ -767,6 +829,49 @@ mod tests {
         let loaded = load_str(&toml, &Env::default()).unwrap();
         assert_eq!(loaded.warnings.len(), 1);
         assert_eq!(loaded.warnings[0].key, "mqtt.topics[0]");
+    }
+
+    #[test]
+    fn config_health_off_by_default() {
+        let config = load_str(MINIMAL, &Env::default()).unwrap().config;
+        assert_eq!(config.health.listen, None);
+        assert_eq!(config.health.sink_stuck_after, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn config_health_listen_forms() {
+        let cases = [
+            ("9188", "127.0.0.1:9188"),
+            (":9200", "127.0.0.1:9200"),
+            ("0.0.0.0:9188", "0.0.0.0:9188"),
+            ("[::1]:9188", "[::1]:9188"),
+        ];
+        for (written, expected) in cases {
+            let toml = format!("{MINIMAL}\n[health]\nlisten = \"{written}\"\n");
+            let loaded = load_str(&toml, &Env::default()).unwrap();
+            assert_eq!(loaded.config.health.listen.unwrap().to_string(), expected, "{written}");
+        }
+        let toml = format!("{MINIMAL}\n[health]\nlisten = \"0.0.0.0:9188\"\n");
+        let loaded = load_str(&toml, &Env::default()).unwrap();
+        assert!(loaded.warnings.iter().any(|warning| warning.key == "health.listen"), "{:?}", loaded.warnings);
+
+        let from_env = load_str(MINIMAL, &env(&[("FLUPD_HEALTH__LISTEN", "127.0.0.1:9300")])).unwrap().config;
+        assert_eq!(from_env.health.listen.unwrap().to_string(), "127.0.0.1:9300");
+    }
+
+    #[test]
+    fn config_health_reports_every_problem() {
+        let toml = format!("{MINIMAL}\n[health]\nlisten = \"localhost:http\"\nsink_stuck_after = \"0s\"\nport = 1\n");
+        let found = problems(&toml, &Env::default());
+        let expect = [
+            "health.port: unknown key",
+            "health.listen: invalid address \"localhost:http\"",
+            "health.sink_stuck_after: invalid value",
+        ];
+        for expected in expect {
+            assert!(found.iter().any(|problem| problem.starts_with(expected)), "missing {expected:?} in {found:#?}");
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
     }
 
     #[test]

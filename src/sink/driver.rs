@@ -30,6 +30,8 @@ pub struct SinkStats {
     pub failed: AtomicU64,
     /// Events delivered with `redelivered` set.
     pub redelivered: AtomicU64,
+    /// The delivery in progress, for the stuck-sink check.
+    pub progress: crate::service::SinkProgress,
 }
 
 /// How a sink task stops.
@@ -129,8 +131,12 @@ async fn flush(sink: &mut Sink) {
 pub async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
     let mut backoff = sink.retry_backoff();
     let mut attempt: u32 = 1;
+    let _delivering = stats.progress.delivering(event);
     loop {
-        let error = match sink.deliver(event).await {
+        let attempt_running = stats.progress.attempt();
+        let result = sink.deliver(event).await;
+        drop(attempt_running);
+        let error = match result {
             Ok(()) => {
                 if attempt > 1 {
                     tracing::info!(event_id = %event.id, attempts = attempt, "event delivered after retries");
