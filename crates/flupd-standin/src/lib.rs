@@ -205,7 +205,7 @@ impl Standin {
 
     /// Answers every Flight Status request for one flight and date with `status` and `body`
     /// instead of the flight's status, such as a malformed body.
-    pub fn set_flight_status_answer(&self, flight: &str, date: NaiveDate, status: u16, body: &str) {
+    pub fn set_flight_status_response(&self, flight: &str, date: NaiveDate, status: u16, body: &str) {
         self.shared.flight_status.set_override(flight, date, status, body.to_owned());
     }
 
