@@ -7,11 +7,12 @@
 //! - [`app`]: the commands behind it, each returning the exit code.
 //! - [`config`]: loading, validating and typing the configuration.
 //! - [`secret`]: a string type that never prints its content.
-//! - [`api`]: the HTTP client for Lufthansa's OAuth and credentials endpoints.
+//! - [`api`]: the HTTP client for Lufthansa's API and its shared call budget.
 //! - [`credentials`]: the MQTT credentials and their cache on disk.
 //! - [`topic`]: MQTT topic filter rules and flight topic parsing.
 //! - [`mqtt`]: the TLS connection to the broker, subscriptions and reconnects.
 //! - [`event`]: the flight update event built from each message.
+//! - [`enrich`]: the flight's status from the Flight Status API, per event.
 //! - [`sink`]: delivery of events to stdout, files and webhooks.
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
 //! - [`backoff`]: capped exponential backoff with jitter.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod enrich;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod event;
