@@ -142,7 +142,7 @@ impl LufthansaApi {
         self.url(&format!("/v1/operations/flightstatus/{flight}/{}", date.format("%Y-%m-%d")))
     }
 
-    /// Fetches a Flight Status answer and returns its body.
+    /// Fetches a Flight Status response and returns its body.
     ///
     /// The call waits for the budget at most until `deadline`, and fails
     /// with [`ApiError::BudgetExhausted`] or [`ApiError::CallsPaused`] if it
@@ -181,7 +181,7 @@ impl LufthansaApi {
     }
 
     /// Takes a call from the budget, sends the request, and pauses all calls
-    /// when the answer is a rate limit.
+    /// when the response is a rate limit.
     async fn send(
         &self,
         priority: CallPriority,

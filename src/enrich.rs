@@ -13,7 +13,9 @@
 //!   depends on the flight's phase: `ttl_final` after arrival or
 //!   cancellation, `ttl_near` within `near_window` of departure or arrival,
 //!   and `ttl_far` otherwise. No TTL is shorter than `min_interval`, so one
-//!   flight and date never costs more than one call per `min_interval`.
+//!   flight and date gets at most one call per `min_interval`. Retries after
+//!   5xx responses are part of one call, and a flight's slot may be dropped
+//!   when more than twice `max_flights` are cached.
 //! - One call at a time per flight and date: concurrent events for the same
 //!   flight wait for that call and share its response.
 //! - A failed call is not repeated within `min_interval`, and a 404 not
@@ -64,10 +66,13 @@ struct Inner {
     store: StatusStore,
     /// One slot per flight and date. A slot's lock is held for the whole
     /// call, which makes concurrent events for one flight share one call.
-    slots: Mutex<HashMap<(String, NaiveDate), Arc<AsyncMutex<Slot>>>>,
+    slots: Mutex<HashMap<FlightKey, Arc<AsyncMutex<Slot>>>>,
     stats: Stats,
     warnings: Mutex<WarnState>,
 }
+
+/// A flight as in topics, such as `LH400`, and its local departure date.
+type FlightKey = (String, NaiveDate);
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -162,7 +167,10 @@ impl Enricher {
                 event.changes = previous.map(|previous| status.changes_since(&previous)).unwrap_or_default();
                 event.status = Some(status);
                 if changed {
-                    self.save_store().await;
+                    // The write is not awaited, so that a slow disk never
+                    // holds the event past max_wait.
+                    let enricher = self.clone();
+                    tokio::spawn(async move { enricher.save_store().await });
                 }
             }
             Err(failure) => {
@@ -173,15 +181,15 @@ impl Enricher {
         }
     }
 
-    /// Writes the previous statuses to the state directory now. Enrichment
-    /// does this after every change, so this is needed only in tests.
+    /// Writes the last reported statuses to the state directory now.
+    /// Enrichment starts a write after every change without waiting for it,
+    /// so call this at shutdown to be sure the last change is on disk.
     pub async fn save(&self) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.store.save()).await.unwrap_or(Ok(()))
     }
 
     async fn save_store(&self) {
-        // The write runs to its end even if the caller stops waiting.
         if let Err(error) = self.save().await {
             tracing::error!(%error, "failed to save flight statuses; changes may be wrong after a restart");
         }
@@ -307,7 +315,9 @@ impl Inner {
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
                 slot.legs = Some(Fetched { legs: legs.clone(), at: Instant::now() });
             }
-            Err(failure) if matches!(failure.reason, EnrichmentReason::BudgetExhausted | EnrichmentReason::RateLimited) => {
+            Err(failure)
+                if matches!(failure.reason, EnrichmentReason::BudgetExhausted | EnrichmentReason::RateLimited) =>
+            {
                 // Nothing was sent, or the response was a rate limit that
                 // already pauses every call: either way the next event may
                 // try again without waiting for min_interval.

@@ -26,9 +26,9 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
-pub mod enrich;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod enrich;
 pub mod event;
 pub mod logging;
 pub mod mqtt;

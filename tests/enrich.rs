@@ -87,7 +87,7 @@ async fn enrich_reports_gate_and_estimate_changes() {
     let standin = standin(None).await;
     let state = tempfile::tempdir().unwrap();
     let date = today();
-    // A zero min_interval and TTLs make every event call, so each sees the latest status.
+    // A zero min_interval and TTLs make every event call, so each gets the latest status.
     let config = EnrichConfig {
         min_interval: Duration::ZERO,
         ttl_near: Duration::ZERO,
@@ -105,7 +105,8 @@ async fn enrich_reports_gate_and_estimate_changes() {
 
     assert!(standin.set_gate("LH400", date, "B44"));
     assert!(standin.set_departure_delay("LH400", date, 25));
-    // A new enricher on the same state directory sees the status saved before the restart.
+    // A new enricher on the same state directory reads the status saved before the restart.
+    enricher.save().await.expect("statuses saved");
     drop(enricher);
     let enricher = Enricher::new(config, api, state.path());
     let mut second = event("LH400", date, "New Gate Information");
@@ -233,7 +234,8 @@ fn enricher_api(standin: &Standin) -> Arc<LufthansaApi> {
 async fn enrich_rate_limit_pauses_calls() {
     let standin = standin(None).await;
     let state = tempfile::tempdir().unwrap();
-    let limits = CallLimits { max_calls_per_second: 100, rate_limit_pause: Duration::from_secs(2), ..CallLimits::default() };
+    let limits =
+        CallLimits { max_calls_per_second: 100, rate_limit_pause: Duration::from_secs(2), ..CallLimits::default() };
     let api = api(&standin, limits);
     warm_up(&api).await;
     let enricher = Enricher::new(config(Duration::from_secs(5)), api.clone(), state.path());
@@ -296,10 +298,7 @@ async fn enrich_burst_stays_within_budget_and_max_wait() {
         assert!(elapsed <= max_wait + Duration::from_millis(200), "held {elapsed:?}");
         assert!(event.status.is_some() != event.enrichment_error.is_some(), "{event:?}");
         if let Some(error) = &event.enrichment_error {
-            assert!(
-                matches!(error.reason, EnrichmentReason::BudgetExhausted | EnrichmentReason::Timeout),
-                "{error:?}"
-            );
+            assert!(matches!(error.reason, EnrichmentReason::BudgetExhausted | EnrichmentReason::Timeout), "{error:?}");
         } else {
             enriched += 1;
         }

@@ -484,10 +484,9 @@ impl Reader<'_> {
         let per_hour = self.count("lufthansa.max_calls_per_hour", u64::from(defaults.max_calls_per_hour));
         let rate_limit_pause = self.duration("lufthansa.rate_limit_pause", defaults.rate_limit_pause);
         // Lufthansa publishes no limits; these are what users report per key.
-        for (key, value, reported) in [
-            ("lufthansa.max_calls_per_second", per_second, 5),
-            ("lufthansa.max_calls_per_hour", per_hour, 1000),
-        ] {
+        for (key, value, reported) in
+            [("lufthansa.max_calls_per_second", per_second, 5), ("lufthansa.max_calls_per_hour", per_hour, 1000)]
+        {
             if value > reported {
                 warnings.push(Warning {
                     key: key.to_owned(),

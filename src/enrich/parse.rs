@@ -90,9 +90,7 @@ fn carrier(value: &Value) -> Option<CarrierFlight> {
 /// as absent rather than failing the whole response.
 fn local_time(block: &Value) -> Option<NaiveDateTime> {
     let text = text(&block["DateTime"])?;
-    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(&text, format).ok())
+    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"].iter().find_map(|format| NaiveDateTime::parse_from_str(&text, format).ok())
 }
 
 /// Reads `{"DateTime": "2026-07-22T11:55Z"}`, with or without seconds.
@@ -147,8 +145,10 @@ pub fn select_leg(legs: &[FlightStatus], event: &Event) -> usize {
         }
     }
 
-    let departed = |index: &usize| legs[*index].departure.actual_local.is_some() || legs[*index].departure.actual_utc.is_some();
-    let arrived = |index: &usize| legs[*index].arrival.actual_local.is_some() || legs[*index].arrival.actual_utc.is_some();
+    let departed =
+        |index: &usize| legs[*index].departure.actual_local.is_some() || legs[*index].departure.actual_utc.is_some();
+    let arrived =
+        |index: &usize| legs[*index].arrival.actual_local.is_some() || legs[*index].arrival.actual_utc.is_some();
     let chosen = match event.kind {
         EventKind::Departed => candidates.iter().rev().find(|index| departed(index)),
         EventKind::Arrived => candidates.iter().rev().find(|index| arrived(index)),

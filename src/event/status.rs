@@ -90,11 +90,11 @@ pub struct Change {
     pub new: Option<String>,
 }
 
-/// Why an event has no `status`.
+/// The reason an event has no `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrichmentError {
     pub reason: EnrichmentReason,
-    /// What happened, for people.
+    /// A description of the failure for people, with the URL but never the token.
     pub detail: String,
 }
 
@@ -113,9 +113,9 @@ pub enum EnrichmentReason {
     NotFound,
     /// Any other failed call: HTTP error, connection failure, rejected key.
     ApiError,
-    /// No answer within `enrich.max_wait`.
+    /// No response within `enrich.max_wait`.
     Timeout,
-    /// The answer is not a Flight Status answer flupd can read.
+    /// The response is not a Flight Status response flupd can read.
     InvalidResponse,
 }
 

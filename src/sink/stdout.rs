@@ -117,7 +117,8 @@ pub fn format_text(event: &Event) -> String {
     let message = event.message.as_deref().map(quote).unwrap_or_else(|| "-".to_owned());
 
     let mut line = format!("{received}  {flight:<8} {date:<10}  {kind:<KIND_WIDTH$}  {message}");
-    let changes: Vec<String> = event.changes.iter().map(|change| describe_change(change, event.status.as_ref())).collect();
+    let changes: Vec<String> =
+        event.changes.iter().map(|change| describe_change(change, event.status.as_ref())).collect();
     if !changes.is_empty() {
         line.push_str("  ");
         line.push_str(&changes.join("; "));
@@ -240,7 +241,8 @@ mod tests {
     #[test]
     fn stdout_text_shows_changes_and_status() {
         use crate::event::{EnrichmentError, EnrichmentReason};
-        let mut event = event("prd/FlightUpdate/LH/LH400/2024-05-01", r#"{"Update":{"Message":"New Gate Information"}}"#);
+        let mut event =
+            event("prd/FlightUpdate/LH/LH400/2024-05-01", r#"{"Update":{"Message":"New Gate Information"}}"#);
         let mut status = FlightStatus::default();
         status.departure.airport = "FRA".into();
         status.arrival.airport = "JFK".into();
@@ -261,7 +263,9 @@ mod tests {
         ];
         let line = format_text(&event);
         assert!(
-            line.contains(r#""New Gate Information"  gate B20 → B44; ETD 14:05 (+25 min); aircraft_registration - → "D ABYA""#),
+            line.contains(
+                r#""New Gate Information"  gate B20 → B44; ETD 14:05 (+25 min); aircraft_registration - → "D ABYA""#
+            ),
             "{line:?}"
         );
         assert!(line.contains("FRA→JFK terminal=1 gate=B44"), "{line:?}");

@@ -298,9 +298,9 @@ async fn flight_status(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let answer = shared.flight_status.answer(&flight, &date);
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
+    let reply = shared.flight_status.respond(&flight, &date);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
 fn oauth_error(status: StatusCode, error: &str) -> Response {

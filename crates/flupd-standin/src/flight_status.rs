@@ -1,7 +1,7 @@
 //! The stand-in's Flight Status endpoint: a status per flight and date that evolves with the
 //! sample updates the publisher sends, in the shapes Lufthansa's API really returns.
 //!
-//! The answers include the quirks flupd must survive: `Flight` is an object for one leg and an
+//! The responses include the quirks flupd must survive: `Flight` is an object for one leg and an
 //! array for several (LH1 has two legs), LH2015 sends `Terminal.Name`, `Gate` and
 //! `FlightNumber` as JSON numbers, LX18 has no UTC time blocks, and flights the stand-in does
 //! not know get 404 with a `ProcessingErrors` body.
@@ -26,7 +26,7 @@ struct RouteLeg {
     minutes: i64,
 }
 
-/// How a flight's answers differ from the documented shape.
+/// How a flight's responses differ from the documented shape.
 #[derive(Clone, Copy, Debug, Default)]
 struct Quirks {
     /// `Terminal.Name`, `Terminal.Gate` and `FlightNumber` as JSON numbers.
@@ -35,7 +35,7 @@ struct Quirks {
     no_utc: bool,
 }
 
-/// The route of every sample flight, keyed by flight as in topics.
+/// Returns the route, quirks and aircraft type of a sample flight, keyed as in topics.
 fn route(flight: &str) -> Option<(Vec<RouteLeg>, Quirks, &'static str)> {
     let leg = |from, from_offset, to, to_offset, departs, minutes| RouteLeg {
         from,
@@ -49,11 +49,7 @@ fn route(flight: &str) -> Option<(Vec<RouteLeg>, Quirks, &'static str)> {
     let (legs, quirks, aircraft) = match flight {
         "LH400" => (vec![leg("FRA", 2, "JFK", -4, None, 520)], plain, "74H"),
         "LH2015" => (vec![leg("MUC", 2, "CDG", 2, None, 95)], Quirks { numbers: true, ..plain }, "320"),
-        "LH1" => (
-            vec![leg("FRA", 2, "MUC", 2, None, 55), leg("MUC", 2, "EWR", -4, Some("11:30"), 550)],
-            plain,
-            "359",
-        ),
+        "LH1" => (vec![leg("FRA", 2, "MUC", 2, None, 55), leg("MUC", 2, "EWR", -4, Some("11:30"), 550)], plain, "359"),
         "LX18" => (vec![leg("ZRH", 2, "EWR", -4, None, 540)], Quirks { no_utc: true, ..plain }, "77W"),
         "LX1612" => (vec![leg("ZRH", 2, "VIE", 2, None, 85)], plain, "221"),
         "OS87" => (vec![leg("VIE", 2, "YYZ", -4, None, 570)], plain, "763"),
@@ -67,7 +63,7 @@ fn route(flight: &str) -> Option<(Vec<RouteLeg>, Quirks, &'static str)> {
     Some((legs, quirks, aircraft))
 }
 
-/// The scheduled departure time of each sample flight, as in the sample updates.
+/// Returns a sample flight's scheduled departure time, as in the sample updates.
 fn scheduled_time(flight: &str) -> Option<&'static str> {
     crate::samples::FLIGHTS
         .iter()
@@ -116,7 +112,8 @@ impl FlightState {
         let mut legs = Vec::new();
         for (index, leg) in route.iter().enumerate() {
             let departure_time = date.and_time(time(leg.departs.unwrap_or(departs))?);
-            let arrival_time = departure_time + TimeDelta::minutes(leg.minutes) + TimeDelta::hours(leg.to_offset - leg.from_offset);
+            let arrival_time =
+                departure_time + TimeDelta::minutes(leg.minutes) + TimeDelta::hours(leg.to_offset - leg.from_offset);
             let gate_letter = ['A', 'B', 'C', 'Z'][(digits as usize + index) % 4];
             legs.push(LegState {
                 departure: Side {
@@ -150,7 +147,7 @@ impl FlightState {
         })
     }
 
-    /// Changes the state the way the update with action `code` says it changed.
+    /// Changes the state as the update with action `code` reports.
     fn apply(&mut self, code: &str) {
         let leg = self.legs.iter_mut().find(|leg| leg.arrival.actual.is_none());
         let Some(leg) = leg else { return };
@@ -191,11 +188,8 @@ impl FlightState {
     }
 
     fn leg_json(&self, leg: &LegState) -> Value {
-        let number: Value = if self.quirks.numbers {
-            json!(self.number.parse::<u64>().unwrap_or(0))
-        } else {
-            json!(self.number)
-        };
+        let number: Value =
+            if self.quirks.numbers { json!(self.number.parse::<u64>().unwrap_or(0)) } else { json!(self.number) };
         let (status, definition) = match self.status {
             "DP" => ("DP", "Flight Departed"),
             "LD" => ("LD", "Flight Landed"),
@@ -250,7 +244,7 @@ impl FlightState {
     }
 }
 
-/// The next gate at the same letter: `B20` becomes `B21`, and a gate without digits gets `1`.
+/// Returns the next gate at the same letter: `B20` becomes `B21`, and a gate without digits gets `1`.
 fn next_gate(gate: Option<&str>) -> String {
     let gate = gate.unwrap_or("A0");
     let split = gate.find(|c: char| c.is_ascii_digit()).unwrap_or(gate.len());
@@ -259,7 +253,7 @@ fn next_gate(gate: Option<&str>) -> String {
     format!("{letters}{}", number + 1)
 }
 
-/// What the endpoint answers for one flight and date instead of its status.
+/// The response the endpoint sends for one flight and date instead of its status.
 #[derive(Clone, Debug)]
 struct Override {
     status: u16,
@@ -275,13 +269,13 @@ pub(crate) struct FlightStatusService {
     /// Arrival times of the requests in the last second, for the rate limit.
     recent: Mutex<VecDeque<Instant>>,
     calls_per_second: Option<u32>,
-    /// How many of the next requests get a rate-limit answer whatever the rate.
+    /// How many of the next requests get a rate-limit response whatever the rate.
     forced_rate_limits: AtomicUsize,
     delay: Mutex<Duration>,
 }
 
-/// What the handler sends back.
-pub(crate) struct Answer {
+/// The status and body the handler sends.
+pub(crate) struct Reply {
     pub status: u16,
     pub body: String,
 }
@@ -316,8 +310,8 @@ impl FlightStatusService {
         *lock(&self.delay) = delay;
     }
 
-    pub fn force_rate_limit(&self, answers: usize) {
-        self.forced_rate_limits.store(answers, Ordering::Relaxed);
+    pub fn force_rate_limit(&self, responses: usize) {
+        self.forced_rate_limits.store(responses, Ordering::Relaxed);
     }
 
     pub fn set_override(&self, flight: &str, date: NaiveDate, status: u16, body: String) {
@@ -345,17 +339,17 @@ impl FlightStatusService {
     }
 
     /// Answers one request that passed authentication.
-    pub fn answer(&self, flight: &str, date_text: &str) -> Answer {
+    pub fn respond(&self, flight: &str, date_text: &str) -> Reply {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if self.over_rate() {
-            return Answer { status: 403, body: json!({"Error": "Developer Over Rate"}).to_string() };
+            return Reply { status: 403, body: json!({"Error": "Developer Over Rate"}).to_string() };
         }
         let Ok(date) = NaiveDate::parse_from_str(date_text, "%Y-%m-%d") else {
             return processing_error(400, "Invalid date, expected yyyy-MM-dd");
         };
         *lock(&self.calls_per_flight).entry((flight.to_owned(), date)).or_default() += 1;
-        if let Some(answer) = lock(&self.overrides).get(&(flight.to_owned(), date)) {
-            return Answer { status: answer.status, body: answer.body.clone() };
+        if let Some(reply) = lock(&self.overrides).get(&(flight.to_owned(), date)) {
+            return Reply { status: reply.status, body: reply.body.clone() };
         }
         let mut flights = lock(&self.flights);
         let key = (flight.to_owned(), date);
@@ -365,12 +359,13 @@ impl FlightStatusService {
                 None => return processing_error(404, "Flight not found"),
             };
         }
-        Answer { status: 200, body: flights[&key].to_json().to_string() }
+        Reply { status: 200, body: flights[&key].to_json().to_string() }
     }
 
     /// Counts this request against the per-second limit and returns whether it exceeds it.
     fn over_rate(&self) -> bool {
-        let forced = self.forced_rate_limits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1));
+        let forced =
+            self.forced_rate_limits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1));
         if forced.is_ok() {
             return true;
         }
@@ -412,11 +407,11 @@ impl FlightStateHandle<'_> {
     }
 }
 
-fn processing_error(status: u16, description: &str) -> Answer {
+fn processing_error(status: u16, description: &str) -> Reply {
     let body = json!({"ProcessingErrors": {"ProcessingError": {
         "@RetryIndicator": "false", "Type": "BR", "Code": status.to_string(), "Description": description,
     }}});
-    Answer { status, body: body.to_string() }
+    Reply { status, body: body.to_string() }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -433,9 +428,9 @@ mod tests {
     }
 
     fn body(service: &FlightStatusService, flight: &str) -> Value {
-        let answer = service.answer(flight, "2026-07-22");
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        serde_json::from_str(&answer.body).unwrap()
+        let reply = service.respond(flight, "2026-07-22");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
     }
 
     #[test]
@@ -460,7 +455,7 @@ mod tests {
         let no_utc = body(&service, "LX18");
         assert!(no_utc["FlightStatusResource"]["Flights"]["Flight"]["Departure"].get("ScheduledTimeUTC").is_none());
 
-        assert_eq!(service.answer("LH9999", "2026-07-22").status, 404);
+        assert_eq!(service.respond("LH9999", "2026-07-22").status, 404);
         assert_eq!(service.calls(), 5);
         assert_eq!(service.calls_for("LH400", date()), 1);
     }
@@ -483,13 +478,13 @@ mod tests {
     }
 
     #[test]
-    fn status_rate_limit_answers_403() {
+    fn status_rate_limit_responds_403() {
         let service = FlightStatusService::new(Some(2));
-        assert_eq!(service.answer("LH400", "2026-07-22").status, 200);
-        assert_eq!(service.answer("LH400", "2026-07-22").status, 200);
-        let answer = service.answer("LH400", "2026-07-22");
-        assert_eq!(answer.status, 403);
-        assert_eq!(answer.body, r#"{"Error":"Developer Over Rate"}"#);
+        assert_eq!(service.respond("LH400", "2026-07-22").status, 200);
+        assert_eq!(service.respond("LH400", "2026-07-22").status, 200);
+        let reply = service.respond("LH400", "2026-07-22");
+        assert_eq!(reply.status, 403);
+        assert_eq!(reply.body, r#"{"Error":"Developer Over Rate"}"#);
     }
 
     #[test]

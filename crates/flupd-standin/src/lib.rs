@@ -66,7 +66,7 @@ pub struct StandinOptions {
     /// Whether mosquitto saves sessions and queued messages across [`Standin::restart_broker`].
     pub persistence: bool,
     /// Flight Status requests allowed in any one second; more get 403 "Developer Over Rate",
-    /// as Lufthansa answers. `None` allows any rate.
+    /// as Lufthansa responds. `None` allows any rate.
     pub flight_status_calls_per_second: Option<u32>,
 }
 
@@ -177,7 +177,7 @@ impl Standin {
     }
 
     /// Returns the number of Flight Status requests with a valid token, including those
-    /// answered with an error or a rate limit.
+    /// rejected with an error or a rate limit.
     pub fn flight_status_calls(&self) -> usize {
         self.shared.flight_status.calls()
     }
@@ -188,7 +188,7 @@ impl Standin {
     }
 
     /// Sets the departure gate of a flight's first leg that has not arrived. Returns false for
-    /// a flight the stand-in does not know, which it answers with 404.
+    /// a flight the stand-in does not know, which gets 404.
     pub fn set_gate(&self, flight: &str, date: NaiveDate, gate: &str) -> bool {
         self.shared.flight_status.modify(flight, date, |state| state.set_gate(gate))
     }
@@ -199,7 +199,12 @@ impl Standin {
     }
 
     /// Changes a flight's status in any other way, such as applying an action code.
-    pub fn modify_flight(&self, flight: &str, date: NaiveDate, change: impl FnOnce(&mut FlightStateHandle<'_>)) -> bool {
+    pub fn modify_flight(
+        &self,
+        flight: &str,
+        date: NaiveDate,
+        change: impl FnOnce(&mut FlightStateHandle<'_>),
+    ) -> bool {
         self.shared.flight_status.modify(flight, date, change)
     }
 
@@ -209,12 +214,12 @@ impl Standin {
         self.shared.flight_status.set_override(flight, date, status, body.to_owned());
     }
 
-    /// Answers the next `answers` Flight Status requests with 403 "Developer Over Rate".
-    pub fn force_rate_limit(&self, answers: usize) {
-        self.shared.flight_status.force_rate_limit(answers);
+    /// Responds to the next `responses` Flight Status requests with 403 "Developer Over Rate".
+    pub fn force_rate_limit(&self, responses: usize) {
+        self.shared.flight_status.force_rate_limit(responses);
     }
 
-    /// Delays every Flight Status answer by `delay`, to simulate a slow API.
+    /// Delays every Flight Status response by `delay`, to simulate a slow API.
     pub fn set_flight_status_delay(&self, delay: Duration) {
         self.shared.flight_status.set_delay(delay);
     }

@@ -238,8 +238,8 @@ async fn publish_samples(
         // connection is down.
         match client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload) {
             Ok(()) => {
-                // The flight status changes as the update says, so that a client fetching it
-                // after the update sees the change.
+                // The flight status changes as the update reports, so that a client fetching it
+                // after the update gets the change.
                 flight_status.apply_sample(next, today);
                 next += 1;
                 queued.store(next, Ordering::Relaxed);
