@@ -1,4 +1,7 @@
-//! The HTTP client for Lufthansa's OAuth and MQTT credentials endpoints.
+//! The HTTP client for Lufthansa's OAuth, MQTT credentials and Flight Status
+//! endpoints. Every call goes through one [`RateLimiter`] per API key.
+
+mod limiter;
 
 use std::time::Duration;
 
@@ -10,6 +13,8 @@ use url::Url;
 
 use crate::backoff::Backoff;
 use crate::secret::Secret;
+
+pub use limiter::{CallLimits, CallPriority, LimitError, RateLimiter};
 
 /// Attempts made for one call when the API answers 5xx or times out.
 const ATTEMPTS: u32 = 4;
@@ -43,6 +48,14 @@ pub enum ApiError {
     Transport { url: String, message: String },
     #[error("{url}: invalid response: {detail}")]
     InvalidResponse { url: String, detail: String },
+    #[error(
+        "{url}: not sent: calls to Lufthansa's API are paused for another {remaining_secs}s after a rate-limit response; lufthansa.rate_limit_pause sets the pause"
+    )]
+    CallsPaused { url: String, remaining_secs: u64 },
+    #[error(
+        "{url}: not sent: the call budget allows the next call in {wait_secs}s; raise lufthansa.max_calls_per_second or max_calls_per_hour if Lufthansa allows your key more"
+    )]
+    BudgetExhausted { url: String, wait_secs: u64 },
 }
 
 impl ApiError {
@@ -57,19 +70,33 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    fn from_limit(error: LimitError, url: &Url) -> ApiError {
+        let url = display_url(url);
+        let seconds = |at: Instant| at.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as u64;
+        match error {
+            LimitError::Paused { until } => ApiError::CallsPaused { url, remaining_secs: seconds(until) },
+            LimitError::BudgetExhausted { available_at } => {
+                ApiError::BudgetExhausted { url, wait_secs: seconds(available_at) }
+            }
+        }
+    }
+}
+
 struct AccessToken {
     value: Secret,
     renew_at: Instant,
 }
 
-/// One client per API key. It caches the access token and shares it with
-/// every caller.
+/// One client per API key. It caches the access token and shares it and
+/// the call budget with every caller, so build one per key and share it.
 pub struct LufthansaApi {
     http: reqwest::Client,
     base: Url,
     client_id: String,
     client_secret: Secret,
     token: Mutex<Option<AccessToken>>,
+    limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for LufthansaApi {
@@ -89,7 +116,93 @@ impl LufthansaApi {
             .user_agent(concat!("flupd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| ApiError::Transport { url: display_url(&base), message: error.to_string() })?;
-        Ok(Self { http, base, client_id, client_secret, token: Mutex::new(None) })
+        let limiter = RateLimiter::new(CallLimits::default());
+        Ok(Self { http, base, client_id, client_secret, token: Mutex::new(None), limiter })
+    }
+
+    /// Replaces the default call budget.
+    pub fn with_limits(mut self, limits: CallLimits) -> Self {
+        self.limiter = RateLimiter::new(limits);
+        self
+    }
+
+    /// Returns the budget every call to this key's API goes through.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Returns the API base URL, such as `https://api.lufthansa.com`.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Returns the Flight Status URL of one flight on its local departure
+    /// date: `{base}/v1/operations/flightstatus/{flight}/{yyyy-mm-dd}`.
+    pub fn flight_status_url(&self, flight: &str, date: chrono::NaiveDate) -> Url {
+        self.url(&format!("/v1/operations/flightstatus/{flight}/{}", date.format("%Y-%m-%d")))
+    }
+
+    /// Fetches a Flight Status response and returns its body.
+    ///
+    /// The call waits for the budget at most until `deadline`, and fails
+    /// with [`ApiError::BudgetExhausted`] or [`ApiError::CallsPaused`] if it
+    /// cannot start by then. `url` must be on this API's host, because the
+    /// access token is sent with it.
+    pub async fn flight_status(&self, url: &Url, deadline: Instant) -> Result<Vec<u8>, ApiError> {
+        if !same_origin(url, &self.base) {
+            return Err(ApiError::InvalidResponse {
+                url: display_url(url),
+                detail: format!("refusing to send the access token to a host other than {}", display_url(&self.base)),
+            });
+        }
+        let mut token = self.access_token().await?;
+        let mut refreshed = false;
+        loop {
+            let result = self.with_retries(|| self.get_flight_status(url, &token, deadline)).await;
+            match result {
+                // A token the API no longer accepts is renewed once.
+                Err(ApiError::NotAuthorized { status: 401, .. }) if !refreshed => {
+                    refreshed = true;
+                    *self.token.lock().await = None;
+                    token = self.access_token().await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_flight_status(&self, url: &Url, token: &Secret, deadline: Instant) -> Result<Vec<u8>, ApiError> {
+        let request = self
+            .http
+            .get(url.clone())
+            .header("Accept", "application/json")
+            .header("Authorization", format!("Bearer {}", token.expose()));
+        self.send(CallPriority::Enrichment, Some(deadline), request, url).await
+    }
+
+    /// Takes a call from the budget, sends the request, and pauses all calls
+    /// when the response is a rate limit.
+    async fn send(
+        &self,
+        priority: CallPriority,
+        deadline: Option<Instant>,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.limiter.acquire(priority, deadline).await.map_err(|error| ApiError::from_limit(error, url))?;
+        let result = send(request, url).await;
+        if let Err(ApiError::RateLimited { status, detail, .. }) = &result {
+            let pause = self.limiter.limits().rate_limit_pause;
+            self.limiter.pause();
+            tracing::error!(
+                url = %display_url(url),
+                status,
+                detail = %detail,
+                pause_secs = pause.as_secs(),
+                "lufthansa api rate limit reached, pausing all calls with this key"
+            );
+        }
+        result
     }
 
     fn url(&self, path: &str) -> Url {
@@ -128,7 +241,7 @@ impl LufthansaApi {
             ("grant_type", "client_credentials"),
         ];
         let request = self.http.post(url.clone()).header("Accept", "application/json").form(&form);
-        let body = send(request, &url).await?;
+        let body = self.send(CallPriority::Credentials, None, request, &url).await?;
         let response: TokenResponse = serde_json::from_slice(&body).map_err(|error| ApiError::InvalidResponse {
             url: display_url(&url),
             detail: format!("expected a JSON object with access_token: {error}"),
@@ -169,7 +282,7 @@ impl LufthansaApi {
             .header("Accept", "application/json")
             .header("Authorization", format!("Bearer {}", token.expose()))
             .header("Content-Length", "0");
-        let body = send(request, url).await?;
+        let body = self.send(CallPriority::Credentials, None, request, url).await?;
         let invalid = |detail: String| ApiError::InvalidResponse { url: display_url(url), detail };
         let value: Value = serde_json::from_slice(&body).map_err(|error| invalid(format!("not JSON: {error}")))?;
         let management = &value["CertificateManagementResource"]["CertificateManagement"];
@@ -291,6 +404,11 @@ fn error_detail(body: &[u8]) -> String {
         return "empty body".to_owned();
     }
     text.chars().take(200).collect()
+}
+
+/// Whether two URLs have the same scheme, host and port.
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Shows a URL without user information or query string.

@@ -112,6 +112,11 @@ impl CredentialStore {
         &self.path
     }
 
+    /// Returns the API client, whose call budget enrichment must share.
+    pub fn api(&self) -> &Arc<LufthansaApi> {
+        &self.api
+    }
+
     pub fn renew_before(&self) -> Duration {
         self.renew_before
     }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::LufthansaApi;
+use crate::enrich::Enricher;
 use crate::config::{Config, SecretSource};
 use crate::credentials::{CredentialStore, CredentialsError, Origin};
 use crate::event::Event;
@@ -92,7 +93,8 @@ pub fn credential_store(config: &Config) -> Result<CredentialStore, DaemonError>
     let lufthansa = &config.lufthansa;
     let secret = read_secret(&lufthansa.client_secret)?;
     let api =
-        LufthansaApi::new(lufthansa.api_base.clone(), lufthansa.client_id.clone(), secret, lufthansa.request_timeout)?;
+        LufthansaApi::new(lufthansa.api_base.clone(), lufthansa.client_id.clone(), secret, lufthansa.request_timeout)?
+            .with_limits(lufthansa.limits);
     Ok(CredentialStore::new(
         &config.state.dir,
         Arc::new(api),
@@ -158,7 +160,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         "flupd started"
     );
 
+    let enricher = Enricher::new(config.enrich.clone(), store.api().clone(), &config.state.dir);
     let mut dispatcher = Dispatcher {
+        enricher: enricher.is_enabled().then(|| enricher.clone()),
         outbox: outbox.clone(),
         dead_letter: config.state.dir.join(DEAD_LETTER_FILE),
         acker: running.acker,
@@ -186,6 +190,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     }
     if let Err(error) = outbox.prune().await {
         tracing::warn!(%error, "outbox cleanup failed");
+    }
+    if enricher.is_enabled() {
+        if let Err(error) = enricher.save().await {
+            tracing::warn!(%error, "flight status not saved, changes after the next start may be incomplete");
+        }
     }
 
     for (name, stats) in &stats {
@@ -267,6 +276,30 @@ async fn watch_signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// Enriches a batch concurrently, so that the batch waits at most one
+/// `enrich.max_wait`, and returns the events in their order.
+async fn enrich_all(enricher: &Enricher, events: Vec<Event>) -> Vec<Event> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let count = events.len();
+    for (index, mut event) in events.into_iter().enumerate() {
+        let enricher = enricher.clone();
+        tasks.spawn(async move {
+            enricher.enrich(&mut event).await;
+            (index, event)
+        });
+    }
+    let mut slots: Vec<Option<Event>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, event)) => slots[index] = Some(event),
+            // enrich() never fails; a panic inside it is a bug, and the
+            // event it held is lost from this batch, so say so loudly.
+            Err(error) => tracing::error!(%error, "enrichment task failed, its event is dropped"),
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
 /// Name of the dead-letter file inside the state directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
 
@@ -289,6 +322,8 @@ struct DispatchStats {
 /// Turns messages into events, stores them in the outbox and acknowledges
 /// them, in receive order.
 struct Dispatcher {
+    /// Present when `[enrich]` is enabled.
+    enricher: Option<Enricher>,
     outbox: Outbox,
     dead_letter: PathBuf,
     acker: Acker,
@@ -335,6 +370,7 @@ impl Dispatcher {
             let mut event =
                 Event::from_message(&publish.topic, &publish.payload, publish.qos as u8, received.received_at);
             event.redelivered = publish.dup;
+            crate::metrics::record_event(publish.qos as u8, event.kind.as_str(), event.payload_error.is_some());
             if let Some(error) = event.payload_error {
                 self.stats.malformed += 1;
                 tracing::warn!(topic = %event.topic, event_id = %event.id, problem = error.as_str(), bytes = publish.payload.len(), "malformed payload, delivering it raw");
@@ -343,6 +379,9 @@ impl Dispatcher {
             events.push(event);
         }
 
+        if let Some(enricher) = &self.enricher {
+            events = enrich_all(enricher, events).await;
+        }
         if !events.is_empty() && !self.store(events).await {
             return false;
         }

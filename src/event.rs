@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 
 use crate::topic::FlightTopic;
 
+mod status;
+
+pub use status::{CarrierFlight, Change, EnrichmentError, EnrichmentReason, FlightStatus, StatusCode, StatusEndpoint};
+
 /// One flight update notification, as delivered to every sink.
 ///
 /// The JSON form of this type is a public interface, documented in
@@ -83,6 +87,17 @@ pub struct Event {
     /// recorded the delivery.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redelivered: bool,
+    /// The flight's status from the Flight Status API, when enrichment is
+    /// on and succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<FlightStatus>,
+    /// Fields of `status` that differ from the previous status of the same
+    /// flight and date.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    /// Why `status` is missing, when enrichment is on and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment_error: Option<EnrichmentError>,
 }
 
 /// The kind of change a notification reports.
@@ -204,6 +219,9 @@ impl Event {
             payload: None,
             payload_base64: None,
             redelivered: false,
+            status: None,
+            changes: Vec::new(),
+            enrichment_error: None,
         };
 
         let text = match std::str::from_utf8(payload) {

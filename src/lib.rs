@@ -7,12 +7,13 @@
 //! - [`app`]: the commands behind it, each returning the exit code.
 //! - [`config`]: loading, validating and typing the configuration.
 //! - [`secret`]: a string type that never prints its content.
-//! - [`api`]: the HTTP client for Lufthansa's OAuth and credentials endpoints.
+//! - [`api`]: the HTTP client for Lufthansa's API and its shared call budget.
 //! - [`credentials`]: the MQTT credentials and their cache on disk.
 //! - [`topic`]: MQTT topic filter rules and flight topic parsing.
 //! - [`mqtt`]: the TLS connection to the broker, subscriptions and reconnects.
 //! - [`event`]: the flight update event built from each message.
 //! - [`outbox`]: the durable store every event passes before its ack.
+//! - [`enrich`]: the flight's status from the Flight Status API, per event.
 //! - [`sink`]: delivery of events to stdout, files and webhooks.
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
 //! - [`service`]: systemd notifications, the watchdog and the health checks.
@@ -31,6 +32,7 @@ pub mod credentials;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod enrich;
 pub mod event;
 pub mod health;
 pub mod logging;

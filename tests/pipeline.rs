@@ -212,3 +212,45 @@ path = "{all}"
     assert_eq!(lh[0]["carrier"], "LH");
     drop(flupd);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrichment_adds_status_and_changes() {
+    let standin = common::standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let extra = format!(
+        "[enrich]\nenabled = true\nmax_wait = \"5s\"\nmin_interval = \"0s\"\nttl_near = \"0s\"\nttl_far = \"0s\"\nttl_final = \"0s\"\n{}",
+        file_sink(dir.path())
+    );
+    let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &extra);
+    let config = std::fs::read_to_string(&setup.config_path).unwrap();
+    std::fs::write(&setup.config_path, config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nmax_calls_per_second = 5")).unwrap();
+    let flupd = setup.start();
+    flupd.wait_subscribed();
+
+    let topic = format!("prd/FlightUpdate/LH/LH400/{today}");
+    let payload = br#"{"Update":{"Message":"New Gate Information","Code":"Y"}}"#;
+    assert!(standin.set_gate("LH400", today, "B20"));
+    standin.publish(&topic, payload, 1).await.unwrap();
+    let events_path = dir.path().join("events.jsonl");
+    wait_for(TIMEOUT, "the first event", || read_json_lines(&events_path).len() == 1).await;
+
+    assert!(standin.set_gate("LH400", today, "B44"));
+    standin.publish(&topic, br#"{"Update":{"Message":"New Gate Information","Code":"Y","N":2}}"#, 1).await.unwrap();
+    wait_for(TIMEOUT, "the second event", || read_json_lines(&events_path).len() == 2).await;
+
+    let events = read_json_lines(&events_path);
+    assert_eq!(events[0]["status"]["departure"]["gate"], "B20", "{}", events[0]);
+    let change = events[1]["changes"].as_array().unwrap().iter().find(|change| change["field"] == "departure.gate").cloned();
+    let change = change.unwrap_or_else(|| panic!("no gate change in {}", events[1]));
+    assert_eq!(change["old"], "B20");
+    assert_eq!(change["new"], "B44");
+
+    // Unknown flights are delivered with the reason recorded.
+    standin.publish(&format!("prd/FlightUpdate/XX/XX1/{today}"), payload, 1).await.unwrap();
+    wait_for(TIMEOUT, "the third event", || read_json_lines(&events_path).len() == 3).await;
+    let unknown = &read_json_lines(&events_path)[2];
+    assert!(unknown.get("status").is_none());
+    assert_eq!(unknown["enrichment_error"]["reason"], "not_found", "{unknown}");
+    drop(flupd);
+}

@@ -19,6 +19,7 @@ pub use env::Env;
 pub use problems::{Problem, Problems};
 
 use crate::outbox::{Durability, FullPolicy, OutboxConfig};
+use crate::api::CallLimits;
 use crate::secret::Secret;
 use crate::sink::{SinkSpec, parse_sink};
 use crate::topic::TopicFilter;
@@ -37,6 +38,7 @@ pub struct Config {
     pub state: StateConfig,
     pub outbox: OutboxConfig,
     pub health: HealthConfig,
+    pub enrich: EnrichConfig,
     pub sinks: Vec<SinkSpec>,
 }
 
@@ -68,6 +70,8 @@ pub struct LufthansaConfig {
     pub request_timeout: Duration,
     /// Cached MQTT credentials are renewed this long before they expire.
     pub renew_before: Duration,
+    /// The call budget shared by every call with this API key.
+    pub limits: CallLimits,
 }
 
 /// Where the client secret comes from, in order of precedence.
@@ -101,6 +105,44 @@ pub struct MqttConfig {
     /// Whether to start a fresh session at every connect. With `false` the
     /// broker keeps the subscriptions and queues messages while flupd is away.
     pub clean_session: bool,
+}
+
+/// The `[enrich]` section: fetching each event's flight status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichConfig {
+    pub enabled: bool,
+    /// Maximum time enrichment may hold an event.
+    pub max_wait: Duration,
+    /// Shortest time between two calls for the same flight and date.
+    pub min_interval: Duration,
+    /// Cached status lifetime within `near_window` of departure or arrival.
+    pub ttl_near: Duration,
+    /// Cached status lifetime farther from departure and arrival.
+    pub ttl_far: Duration,
+    /// Cached status lifetime after arrival or cancellation.
+    pub ttl_final: Duration,
+    /// Time around departure and arrival that counts as near.
+    pub near_window: Duration,
+    /// Flights and dates whose last status is kept, in memory and on disk.
+    pub max_flights: usize,
+    /// Days before today whose statuses are kept; older ones are pruned.
+    pub keep_days: u32,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_wait: Duration::from_secs(2),
+            min_interval: Duration::from_secs(60),
+            ttl_near: Duration::from_secs(60),
+            ttl_far: Duration::from_secs(15 * 60),
+            ttl_final: Duration::from_secs(6 * 3600),
+            near_window: Duration::from_secs(2 * 3600),
+            max_flights: 2000,
+            keep_days: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,7 +189,7 @@ pub struct Loaded {
 }
 
 const TOP_KEYS: &[&str] =
-    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "health", "sinks"];
+    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "health", "enrich", "sinks"];
 const LUFTHANSA_KEYS: &[&str] = &[
     "client_id",
     "client_secret",
@@ -156,6 +198,9 @@ const LUFTHANSA_KEYS: &[&str] = &[
     "client_prefix",
     "request_timeout",
     "renew_before",
+    "max_calls_per_second",
+    "max_calls_per_hour",
+    "rate_limit_pause",
 ];
 const MQTT_KEYS: &[&str] = &[
     "topics",
@@ -171,6 +216,17 @@ const MQTT_KEYS: &[&str] = &[
 const STATE_KEYS: &[&str] = &["dir"];
 const OUTBOX_KEYS: &[&str] = &["durability", "retain", "max_bytes", "full_policy", "max_event_bytes", "dedup_window"];
 const HEALTH_KEYS: &[&str] = &["listen", "sink_stuck_after"];
+const ENRICH_KEYS: &[&str] = &[
+    "enabled",
+    "max_wait",
+    "min_interval",
+    "ttl_near",
+    "ttl_far",
+    "ttl_final",
+    "near_window",
+    "max_flights",
+    "keep_days",
+];
 
 /// Loads the configuration file at `path` with the environment's overrides.
 ///
@@ -250,16 +306,28 @@ impl Reader<'_> {
         self.check_keys(Some("state"), STATE_KEYS);
         self.check_keys(Some("outbox"), OUTBOX_KEYS);
         self.check_keys(Some("health"), HEALTH_KEYS);
+        self.check_keys(Some("enrich"), ENRICH_KEYS);
 
         let log = self.log();
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(10));
-        let lufthansa = self.lufthansa(env);
+        let lufthansa = self.lufthansa(env, warnings);
         let mqtt = self.mqtt(warnings);
         let state = self.state(env);
         let outbox = self.outbox(mqtt.as_ref().map(|mqtt| mqtt.max_packet_size));
         let health = self.health(warnings);
+        let enrich = self.enrich();
         let sinks = self.sinks();
-        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, outbox, health, sinks })
+        Some(Config {
+            log,
+            shutdown_timeout,
+            lufthansa: lufthansa?,
+            mqtt: mqtt?,
+            state,
+            outbox,
+            health,
+            enrich,
+            sinks,
+        })
     }
 
     /// Reports keys of a section that flupd does not know.
@@ -370,7 +438,7 @@ impl Reader<'_> {
         LogConfig { format, level }
     }
 
-    fn lufthansa(&mut self, env: &Env) -> Option<LufthansaConfig> {
+    fn lufthansa(&mut self, env: &Env, warnings: &mut Vec<Warning>) -> Option<LufthansaConfig> {
         let client_id = self.required_string("lufthansa.client_id", "set it to your Lufthansa API key");
         let client_prefix = self.required_string(
             "lufthansa.client_prefix",
@@ -429,6 +497,7 @@ impl Reader<'_> {
         if request_timeout.is_zero() {
             self.problems.push("lufthansa.request_timeout", "must be greater than zero");
         }
+        let limits = self.call_limits(warnings);
 
         Some(LufthansaConfig {
             client_id: client_id?,
@@ -437,7 +506,82 @@ impl Reader<'_> {
             client_prefix: client_prefix?,
             request_timeout,
             renew_before,
+            limits,
         })
+    }
+
+    fn call_limits(&mut self, warnings: &mut Vec<Warning>) -> CallLimits {
+        let defaults = CallLimits::default();
+        let per_second = self.count("lufthansa.max_calls_per_second", u64::from(defaults.max_calls_per_second));
+        let per_hour = self.count("lufthansa.max_calls_per_hour", u64::from(defaults.max_calls_per_hour));
+        let rate_limit_pause = self.duration("lufthansa.rate_limit_pause", defaults.rate_limit_pause);
+        // Lufthansa publishes no limits; these are what users report per key.
+        for (key, value, reported) in
+            [("lufthansa.max_calls_per_second", per_second, 5), ("lufthansa.max_calls_per_hour", per_hour, 1000)]
+        {
+            if value > reported {
+                warnings.push(Warning {
+                    key: key.to_owned(),
+                    message: format!("{value} is above the {reported} that users report Lufthansa allows per key; a rate-limit response pauses all calls, credential renewal included"),
+                });
+            }
+        }
+        if rate_limit_pause < Duration::from_secs(1) {
+            self.problems.push(
+                "lufthansa.rate_limit_pause",
+                "invalid value: expected at least 1s, because calling again at once extends Lufthansa's block",
+            );
+        }
+        CallLimits {
+            max_calls_per_second: u32::try_from(per_second).unwrap_or(u32::MAX),
+            max_calls_per_hour: u32::try_from(per_hour).unwrap_or(u32::MAX),
+            rate_limit_pause,
+        }
+    }
+
+    /// Reads a whole number of at least 1.
+    fn count(&mut self, key: &str, default: u64) -> u64 {
+        let value = self.optional::<u64>(key, "a whole number of at least 1").unwrap_or(default);
+        if value == 0 {
+            self.problems.push(key, "invalid value 0: expected a whole number of at least 1");
+            return default;
+        }
+        value
+    }
+
+    fn enrich(&mut self) -> EnrichConfig {
+        let defaults = EnrichConfig::default();
+        let enabled = self.optional::<bool>("enrich.enabled", "true or false").unwrap_or(defaults.enabled);
+        let max_wait = self.duration("enrich.max_wait", defaults.max_wait);
+        if max_wait.is_zero() || max_wait > Duration::from_secs(60) {
+            self.problems.push(
+                "enrich.max_wait",
+                format!(
+                    "invalid value {}: expected between 1ms and 60s, because every event waits up to this long",
+                    humantime::format_duration(max_wait)
+                ),
+            );
+        }
+
+        let min_interval = self.duration("enrich.min_interval", defaults.min_interval);
+        let ttl_near = self.duration("enrich.ttl_near", defaults.ttl_near);
+        let ttl_far = self.duration("enrich.ttl_far", defaults.ttl_far);
+        let ttl_final = self.duration("enrich.ttl_final", defaults.ttl_final);
+        let near_window = self.duration("enrich.near_window", defaults.near_window);
+        let max_flights = self.count("enrich.max_flights", defaults.max_flights as u64);
+        let keep_days = self.optional::<u32>("enrich.keep_days", "a number of days").unwrap_or(defaults.keep_days);
+
+        EnrichConfig {
+            enabled,
+            max_wait,
+            min_interval,
+            ttl_near,
+            ttl_far,
+            ttl_final,
+            near_window,
+            max_flights: usize::try_from(max_flights).unwrap_or(usize::MAX),
+            keep_days,
+        }
     }
 
     fn mqtt(&mut self, warnings: &mut Vec<Warning>) -> Option<MqttConfig> {
@@ -720,6 +864,58 @@ mod tests {
         assert_eq!(config.lufthansa.renew_before, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(config.sinks.len(), 1);
         assert_eq!(config.sinks[0].name, "stdout");
+        assert_eq!(config.lufthansa.limits, CallLimits::default());
+        assert_eq!(config.enrich, EnrichConfig::default());
+        assert!(!config.enrich.enabled);
+    }
+
+    #[test]
+    fn config_reads_enrich_and_limits() {
+        let toml = format!(
+            "{MINIMAL}\n[enrich]\nenabled = true\nmax_wait = \"500ms\"\nmin_interval = \"2m\"\nttl_final = \"1day\"\nmax_flights = 10\nkeep_days = 0\n"
+        )
+        .replace("client_prefix = \"acme\"", "client_prefix = \"acme\"\nmax_calls_per_hour = 900\nrate_limit_pause = \"30m\"");
+        let config = load_str(&toml, &Env::default()).unwrap().config;
+        assert!(config.enrich.enabled);
+        assert_eq!(config.enrich.max_wait, Duration::from_millis(500));
+        assert_eq!(config.enrich.min_interval, Duration::from_secs(120));
+        assert_eq!(config.enrich.ttl_final, Duration::from_secs(86_400));
+        assert_eq!(config.enrich.ttl_near, EnrichConfig::default().ttl_near);
+        assert_eq!(config.enrich.max_flights, 10);
+        assert_eq!(config.enrich.keep_days, 0);
+        assert_eq!(config.lufthansa.limits.max_calls_per_hour, 900);
+        assert_eq!(config.lufthansa.limits.max_calls_per_second, 1);
+        assert_eq!(config.lufthansa.limits.rate_limit_pause, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn config_reports_enrich_problems_at_once() {
+        let toml = format!(
+            "{MINIMAL}\n[enrich]\nenabled = \"yes please\"\nmax_wait = \"0s\"\nttl_far = \"soon\"\nmax_flights = 0\ncache = true\n"
+        )
+        .replace("client_prefix = \"acme\"", "client_prefix = \"acme\"\nmax_calls_per_second = 0\nrate_limit_pause = \"0s\"");
+        let found = problems(&toml, &Env::default());
+        let expect = [
+            "enrich.cache: unknown key",
+            "enrich.enabled: invalid value \"yes please\"",
+            "enrich.max_wait: invalid value 0s",
+            "enrich.ttl_far: invalid duration \"soon\"",
+            "enrich.max_flights: invalid value 0",
+            "lufthansa.max_calls_per_second: invalid value 0",
+            "lufthansa.rate_limit_pause: invalid value",
+        ];
+        for expected in expect {
+            assert!(found.iter().any(|problem| problem.starts_with(expected)), "missing {expected:?} in {found:#?}");
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn config_warns_about_limits_above_reported() {
+        let toml = MINIMAL.replace("client_prefix = \"acme\"", "client_prefix = \"acme\"\nmax_calls_per_second = 10");
+        let loaded = load_str(&toml, &Env::default()).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].key, "lufthansa.max_calls_per_second");
     }
 
     #[test]

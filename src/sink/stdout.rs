@@ -7,7 +7,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::DeliveryError;
 use crate::config::Problems;
-use crate::event::Event;
+use crate::event::{Change, Event, FlightStatus};
 
 /// Settings of a `type = "stdout"` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,8 +101,11 @@ const KIND_WIDTH: usize = 19;
 /// Formats one event as a text line ending in a newline, such as
 ///
 /// ```text
-/// 2024-05-01T10:15:00Z  LH400    2024-05-01  estimated_departure  "New Estimated Departure"  code="MVT ED" time=2024-05-01T12:30:00
+/// 2024-05-01T10:15:00Z  LH400    2024-05-01  gate_change  "New Gate Information"  gate B20 → B44  code="Y" time=2024-05-01T12:30:00 FRA→JFK terminal=1 gate=B44
 /// ```
+///
+/// After the message come the changes since the previous status, then the
+/// other fields, then route, terminal and gate from the status when known.
 ///
 /// Unknown values are `-`. Text from the payload is quoted with control
 /// characters escaped, so that every event stays on one line.
@@ -114,6 +117,12 @@ pub fn format_text(event: &Event) -> String {
     let message = event.message.as_deref().map(quote).unwrap_or_else(|| "-".to_owned());
 
     let mut line = format!("{received}  {flight:<8} {date:<10}  {kind:<KIND_WIDTH$}  {message}");
+    let changes: Vec<String> =
+        event.changes.iter().map(|change| describe_change(change, event.status.as_ref())).collect();
+    if !changes.is_empty() {
+        line.push_str("  ");
+        line.push_str(&changes.join("; "));
+    }
 
     let mut extras = Vec::new();
     if let Some(code) = &event.code {
@@ -130,12 +139,61 @@ pub fn format_text(event: &Event) -> String {
     if let Some(error) = event.payload_error {
         extras.push(format!("[payload: {}]", error.as_str()));
     }
+    if let Some(status) = &event.status {
+        extras.push(format!("{}→{}", status.departure.airport, status.arrival.airport));
+        if let Some(terminal) = &status.departure.terminal {
+            extras.push(format!("terminal={}", quote_if_needed(terminal)));
+        }
+        if let Some(gate) = &status.departure.gate {
+            extras.push(format!("gate={}", quote_if_needed(gate)));
+        }
+    }
+    if let Some(error) = &event.enrichment_error {
+        extras.push(format!("[status: {}]", error.reason));
+    }
     if !extras.is_empty() {
         line.push_str("  ");
         line.push_str(&extras.join(" "));
     }
     line.push('\n');
     line
+}
+
+/// Describes one change for people: `gate B20 → B44`, `ETD 14:05 (+25 min)`.
+/// Estimated times show the new time and its difference to the scheduled
+/// one; other fields show both values.
+fn describe_change(change: &Change, status: Option<&FlightStatus>) -> String {
+    let shown = |value: &Option<String>| value.as_deref().map(quote_if_needed).unwrap_or_else(|| "-".to_owned());
+    let (label, endpoint) = match change.field.as_str() {
+        "departure.gate" => ("gate", None),
+        "departure.terminal" => ("terminal", None),
+        "arrival.gate" => ("arrival gate", None),
+        "arrival.terminal" => ("arrival terminal", None),
+        "departure.estimated_local" => ("ETD", status.map(|status| &status.departure)),
+        "arrival.estimated_local" => ("ETA", status.map(|status| &status.arrival)),
+        other => (other, None),
+    };
+    if let Some(endpoint) = endpoint {
+        if let Some(estimated) = endpoint.estimated_local {
+            let mut text = format!("{label} {}", estimated.format("%H:%M"));
+            if let Some(scheduled) = endpoint.scheduled_local {
+                let minutes = (estimated - scheduled).num_minutes();
+                text.push_str(&format!(" ({minutes:+} min)"));
+            }
+            return text;
+        }
+    }
+    format!("{label} {} → {}", shown(&change.old), shown(&change.new))
+}
+
+/// Quotes a value from the API only when it contains spaces, quotes or
+/// control characters, so that gates and codes stay readable.
+fn quote_if_needed(text: &str) -> String {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\') {
+        text.to_owned()
+    } else {
+        quote(text)
+    }
 }
 
 /// Quotes text from the payload, escaping quotes, backslashes and control
@@ -178,6 +236,46 @@ mod tests {
         let line = format_text(&event("prd/FlightUpdate/LH/LH400/2024-05-01", payload));
         assert_eq!(line.matches('\n').count(), 1, "{line:?}");
         assert!(line.contains(r#""Gate\nChange""#), "{line:?}");
+    }
+
+    #[test]
+    fn stdout_text_shows_changes_and_status() {
+        use crate::event::{EnrichmentError, EnrichmentReason};
+        let mut event =
+            event("prd/FlightUpdate/LH/LH400/2024-05-01", r#"{"Update":{"Message":"New Gate Information"}}"#);
+        let mut status = FlightStatus::default();
+        status.departure.airport = "FRA".into();
+        status.arrival.airport = "JFK".into();
+        status.departure.terminal = Some("1".into());
+        status.departure.gate = Some("B44".into());
+        let time = |text: &str| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M").ok();
+        status.departure.scheduled_local = time("2024-05-01T13:40");
+        status.departure.estimated_local = time("2024-05-01T14:05");
+        event.status = Some(status);
+        event.changes = vec![
+            Change { field: "departure.gate".into(), old: Some("B20".into()), new: Some("B44".into()) },
+            Change {
+                field: "departure.estimated_local".into(),
+                old: Some("2024-05-01T13:50".into()),
+                new: Some("2024-05-01T14:05".into()),
+            },
+            Change { field: "aircraft_registration".into(), old: None, new: Some("D ABYA".into()) },
+        ];
+        let line = format_text(&event);
+        assert!(
+            line.contains(
+                r#""New Gate Information"  gate B20 → B44; ETD 14:05 (+25 min); aircraft_registration - → "D ABYA""#
+            ),
+            "{line:?}"
+        );
+        assert!(line.contains("FRA→JFK terminal=1 gate=B44"), "{line:?}");
+
+        event.status = None;
+        event.changes.clear();
+        event.enrichment_error =
+            Some(EnrichmentError { reason: EnrichmentReason::NotFound, detail: "HTTP 404".into() });
+        let line = format_text(&event);
+        assert!(line.contains("[status: not_found]"), "{line:?}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The HTTP side of the stand-in: the OAuth token endpoint and the endpoint that issues MQTT
-//! credentials, and the state both share with the broker.
+//! The HTTP side of the stand-in: the OAuth token endpoint, the endpoint that issues MQTT
+//! credentials, the Flight Status endpoint, and the state they share with the broker.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,12 +12,13 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::StandinOptions;
 use crate::broker::{Broker, random_token};
+use crate::flight_status::FlightStatusService;
 use crate::jwt::{Claims, JwtSigner};
 use crate::mqtt::{ProbeOutcome, probe_until};
 
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     pub signer: JwtSigner,
     pub token_calls: AtomicUsize,
     pub credential_calls: AtomicUsize,
+    pub flight_status: Arc<FlightStatusService>,
     /// Access tokens and the instant each one expires.
     tokens: Mutex<HashMap<String, Instant>>,
     issued: Mutex<Vec<IssuedCredential>>,
@@ -53,12 +55,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(options: StandinOptions, broker: Broker, signer: JwtSigner) -> Self {
+        let flight_status = Arc::new(FlightStatusService::new(options.flight_status_calls_per_second));
         Self {
             options,
             broker,
             signer,
             token_calls: AtomicUsize::new(0),
             credential_calls: AtomicUsize::new(0),
+            flight_status,
             tokens: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             next_client_number: AtomicU64::new(1),
@@ -170,6 +174,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/oauth/token", post(issue_token))
         .route("/v1/flightUpdate/credentials/JWT/{prefix}/flupSubTopic", post(issue_credentials))
+        .route("/v1/operations/flightstatus/{flight}/{date}", get(flight_status))
         .with_state(shared)
 }
 
@@ -266,6 +271,36 @@ async fn issue_credentials(
             gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
         }
     }
+}
+
+async fn flight_status(
+    State(shared): State<Arc<Shared>>,
+    Path((flight, date)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if !token.is_some_and(|token| shared.token_is_valid(token)) {
+        tracing::info!(flight = %flight, "flight status request rejected: missing, invalid or expired access token");
+        return gateway_error(StatusCode::UNAUTHORIZED, "Not Authorized");
+    }
+    let accepts_json = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("application/json"));
+    if !accepts_json {
+        return gateway_error(StatusCode::NOT_ACCEPTABLE, "Accept: application/json required");
+    }
+
+    let delay = shared.flight_status.delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let reply = shared.flight_status.respond(&flight, &date);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], reply.body).into_response()
 }
 
 fn oauth_error(status: StatusCode, error: &str) -> Response {

@@ -21,6 +21,7 @@
 
 mod api;
 mod broker;
+mod flight_status;
 mod jwt;
 mod mqtt;
 mod samples;
@@ -33,8 +34,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use chrono::NaiveDate;
 use tokio::task::JoinHandle;
 
+pub use flight_status::FlightStateHandle;
 pub use mqtt::PublisherHandle;
 pub use rumqttc::MqttOptions;
 pub use samples::{SAMPLE_CYCLE, sample_codes, sample_update};
@@ -62,6 +65,9 @@ pub struct StandinOptions {
     pub jwt_backdate: Duration,
     /// Whether mosquitto saves sessions and queued messages across [`Standin::restart_broker`].
     pub persistence: bool,
+    /// Flight Status requests allowed in any one second; more get 403 "Developer Over Rate",
+    /// as Lufthansa responds. `None` allows any rate.
+    pub flight_status_calls_per_second: Option<u32>,
 }
 
 impl Default for StandinOptions {
@@ -73,6 +79,7 @@ impl Default for StandinOptions {
             jwt_lifetime: Duration::from_secs(731 * 86_400),
             jwt_backdate: Duration::ZERO,
             persistence: false,
+            flight_status_calls_per_second: Some(5),
         }
     }
 }
@@ -166,7 +173,55 @@ impl Standin {
     /// Starts publishing [`sample_update`]`(0, today)`, `(1, today)`, ... at QoS 1, one every
     /// `interval`, until the handle is stopped or dropped.
     pub fn start_publisher(&self, interval: Duration) -> PublisherHandle {
-        PublisherHandle::start(self.shared.broker.admin_options(), interval)
+        PublisherHandle::start(self.shared.broker.admin_options(), interval, self.shared.flight_status.clone())
+    }
+
+    /// Returns the number of Flight Status requests with a valid token, including those
+    /// rejected with an error or a rate limit.
+    pub fn flight_status_calls(&self) -> usize {
+        self.shared.flight_status.calls()
+    }
+
+    /// Returns the number of Flight Status requests for one flight and date.
+    pub fn flight_status_calls_for(&self, flight: &str, date: NaiveDate) -> usize {
+        self.shared.flight_status.calls_for(flight, date)
+    }
+
+    /// Sets the departure gate of a flight's first leg that has not arrived. Returns false for
+    /// a flight the stand-in does not know, which gets 404.
+    pub fn set_gate(&self, flight: &str, date: NaiveDate, gate: &str) -> bool {
+        self.shared.flight_status.modify(flight, date, |state| state.set_gate(gate))
+    }
+
+    /// Sets a flight's estimated departure to its scheduled time plus `minutes`.
+    pub fn set_departure_delay(&self, flight: &str, date: NaiveDate, minutes: i64) -> bool {
+        self.shared.flight_status.modify(flight, date, |state| state.set_departure_delay(minutes))
+    }
+
+    /// Changes a flight's status in any other way, such as applying an action code.
+    pub fn modify_flight(
+        &self,
+        flight: &str,
+        date: NaiveDate,
+        change: impl FnOnce(&mut FlightStateHandle<'_>),
+    ) -> bool {
+        self.shared.flight_status.modify(flight, date, change)
+    }
+
+    /// Answers every Flight Status request for one flight and date with `status` and `body`
+    /// instead of the flight's status, such as a malformed body.
+    pub fn set_flight_status_response(&self, flight: &str, date: NaiveDate, status: u16, body: &str) {
+        self.shared.flight_status.set_override(flight, date, status, body.to_owned());
+    }
+
+    /// Responds to the next `responses` Flight Status requests with 403 "Developer Over Rate".
+    pub fn force_rate_limit(&self, responses: usize) {
+        self.shared.flight_status.force_rate_limit(responses);
+    }
+
+    /// Delays every Flight Status response by `delay`, to simulate a slow API.
+    pub fn set_flight_status_delay(&self, delay: Duration) {
+        self.shared.flight_status.set_delay(delay);
     }
 
     /// Removes an issued client id from the broker and returns once the broker rejects its

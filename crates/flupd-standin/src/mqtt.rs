@@ -14,6 +14,7 @@ use rustls::ClientConfig;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::flight_status::FlightStatusService;
 use crate::samples::sample_update;
 
 /// Time one probe connection may take from TCP connect to CONNACK.
@@ -193,11 +194,11 @@ pub struct PublisherHandle {
 }
 
 impl PublisherHandle {
-    pub(crate) fn start(options: MqttOptions, interval: Duration) -> Self {
+    pub(crate) fn start(options: MqttOptions, interval: Duration, flight_status: Arc<FlightStatusService>) -> Self {
         let (client, eventloop) = AsyncClient::new(options, 64);
         let queued = Arc::new(AtomicU64::new(0));
         let connection = tokio::spawn(drive_publisher_connection(eventloop));
-        let ticker = tokio::spawn(publish_samples(client, interval, queued.clone()));
+        let ticker = tokio::spawn(publish_samples(client, interval, queued.clone(), flight_status));
         Self { ticker, connection, queued }
     }
 
@@ -220,7 +221,12 @@ impl Drop for PublisherHandle {
     }
 }
 
-async fn publish_samples(client: AsyncClient, interval: Duration, queued: Arc<AtomicU64>) {
+async fn publish_samples(
+    client: AsyncClient,
+    interval: Duration,
+    queued: Arc<AtomicU64>,
+    flight_status: Arc<FlightStatusService>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next = 0u64;
@@ -232,6 +238,9 @@ async fn publish_samples(client: AsyncClient, interval: Duration, queued: Arc<At
         // connection is down.
         match client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload) {
             Ok(()) => {
+                // The flight status changes as the update reports, so that a client fetching it
+                // after the update gets the change.
+                flight_status.apply_sample(next, today);
                 next += 1;
                 queued.store(next, Ordering::Relaxed);
             }

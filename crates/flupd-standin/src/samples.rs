@@ -38,7 +38,7 @@ const KINDS: [UpdateKind; 10] = [
 /// Flights as (carrier, number, scheduled departure time). Numbers have no leading zeros,
 /// as in topics and flight status links. The count (11) is coprime to the number of kinds,
 /// so consecutive samples pair each flight with every kind.
-const FLIGHTS: [(&str, u32, &str); 11] = [
+pub(crate) const FLIGHTS: [(&str, u32, &str); 11] = [
     ("LH", 400, "13:55"),
     ("LH", 2015, "07:10"),
     ("LH", 1, "09:40"),
@@ -168,6 +168,15 @@ pub fn sample_update(n: u64, today: NaiveDate) -> (String, Vec<u8>) {
     (topic, payload)
 }
 
+/// Returns the flight, date and documented `Update.Code` of the `n`-th sample update, the
+/// change the stand-in's flight status applies when the sample is published.
+pub(crate) fn sample_change(n: u64, today: NaiveDate) -> (String, NaiveDate, &'static str) {
+    let kind = &KINDS[(n % KINDS.len() as u64) as usize];
+    let (carrier, number, _) = FLIGHTS[(n % FLIGHTS.len() as u64) as usize];
+    let date = if (n / 3).is_multiple_of(2) { today } else { today + DateDuration::days(1) };
+    (format!("{carrier}{number}"), date, kind.code)
+}
+
 /// Returns the documented `Update.Code` of every kind the samples use.
 pub fn sample_codes() -> Vec<&'static str> {
     KINDS.iter().map(|kind| kind.code).collect()
@@ -188,6 +197,18 @@ mod tests {
     fn parsed(n: u64) -> (String, Value) {
         let (topic, payload) = sample_update(n, today());
         (topic, serde_json::from_slice(&payload).unwrap())
+    }
+
+    #[test]
+    fn sample_change_matches_topic_and_code() {
+        for n in 0..SAMPLE_CYCLE {
+            let (topic, value) = parsed(n);
+            let (flight, date, code) = sample_change(n, today());
+            assert!(topic.ends_with(&format!("/{flight}/{date}")), "sample {n}: {topic}");
+            let kind = KINDS.iter().find(|kind| kind.code == code).unwrap();
+            let message = value["Update"]["Message"].as_str().unwrap();
+            assert!(message == kind.documented_message || message == kind.observed_message, "sample {n}: {message}");
+        }
     }
 
     #[test]
