@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 
+use crate::api::ApiError;
 use crate::cli::{Cli, Command, EventFilter};
 use crate::config::{self, Env, LoadError, Loaded};
+use crate::credentials::CredentialsError;
 use crate::daemon::{self, RunOptions};
 use crate::logging;
 use crate::outbox::{OUTBOX_FILE, Outbox, Query};
@@ -51,7 +53,18 @@ fn load(cli: &Cli, env: &Env) -> Result<Loaded, LoadError> {
 fn print_load_error(error: &LoadError) {
     match error {
         LoadError::Invalid { path, problems } => {
-            eprintln!("flupd: invalid configuration in {} ({} problems):", path.display(), problems.len());
+            let count = match problems.len() {
+                1 => "1 problem".to_owned(),
+                n => format!("{n} problems"),
+            };
+            if path.exists() {
+                eprintln!("flupd: invalid configuration in {} ({count}):", path.display());
+            } else {
+                eprintln!(
+                    "flupd: invalid configuration ({count}); no file at {}, so only FLUPD_* environment variables were read:",
+                    path.display()
+                );
+            }
             for problem in problems.iter() {
                 eprintln!("  {problem}");
             }
@@ -137,7 +150,9 @@ async fn credentials(loaded: Loaded, renew: bool) -> ExitCode {
         }
         Err(error) => {
             eprintln!("flupd: {error}");
-            return ExitCode::FAILURE;
+            let configuration =
+                matches!(error, CredentialsError::Api(ApiError::NotAuthorized { .. }) | CredentialsError::Io { .. });
+            return if configuration { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE };
         }
     };
 
@@ -307,13 +322,12 @@ fn connect_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
 /// Rounds a duration to the largest whole unit, as "3days" or "5h".
 fn whole_units(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs();
-    let rounded = match seconds {
-        0..60 => seconds,
-        60..3600 => seconds / 60 * 60,
-        3600..86400 => seconds / 3600 * 3600,
-        _ => seconds / 86400 * 86400,
-    };
-    humantime::format_duration(std::time::Duration::from_secs(rounded)).to_string()
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86400 => format!("{}h", seconds / 3600),
+        _ => format!("{}days", seconds / 86400),
+    }
 }
 
 #[cfg(feature = "demo")]

@@ -152,6 +152,9 @@ impl CredentialStore {
 
     /// Fetches new credentials and caches them.
     pub async fn renew(&self) -> Result<MqttCredentials, CredentialsError> {
+        // Every fetch creates a client id and spends rate budget, so make
+        // sure the result can be cached before asking for it.
+        self.check_writable()?;
         let issued = self.api.issue_mqtt_credentials(&self.client_prefix).await?;
         let expires_at = jwt_expiry(issued.jwt.expose()).map_err(CredentialsError::InvalidJwt)?;
         let credentials = MqttCredentials {
@@ -188,6 +191,29 @@ impl CredentialStore {
             fetched_at: file.fetched_at,
             expires_at: file.expires_at,
         }))
+    }
+
+    /// Checks that the cache's directory exists, or can be created, and
+    /// takes new files.
+    fn check_writable(&self) -> Result<(), CredentialsError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| CredentialsError::Io { op: "create directory", path: dir.to_owned(), source })?;
+        }
+        let probe = dir.join(format!(".{CACHE_FILE}.{}.probe", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(|source| CredentialsError::Io { op: "write to state directory", path: dir.to_owned(), source })?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
     }
 
     /// Writes the cache atomically: a temporary file with mode 0600 in the

@@ -18,9 +18,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::LufthansaApi;
-use crate::enrich::Enricher;
 use crate::config::{Config, SecretSource};
 use crate::credentials::{CredentialStore, CredentialsError, Origin};
+use crate::enrich::Enricher;
 use crate::event::Event;
 use crate::mqtt::{self, Acker, Link, Received};
 use crate::outbox::{Outbox, OutboxError, Stored};
@@ -60,6 +60,8 @@ impl DaemonError {
                 | DaemonError::Tls(_)
                 | DaemonError::Sink { .. }
                 | DaemonError::Credentials(CredentialsError::Api(crate::api::ApiError::NotAuthorized { .. }))
+                | DaemonError::Credentials(CredentialsError::Io { .. })
+                | DaemonError::Outbox(OutboxError::Directory { .. } | OutboxError::Sqlite { .. })
         )
     }
 }
@@ -113,7 +115,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let outbox = Outbox::open(&config.state.dir, config.outbox.clone())?;
     let shutdown = options.shutdown.clone();
     let tracker = TaskTracker::new();
-    tracker.spawn(watch_signals(shutdown.clone()));
+    let stop = Stop { draining: CancellationToken::new(), hard: CancellationToken::new() };
+    // Outside the tracker, because it must see a second signal while
+    // shutdown waits for the tracker's tasks; it is aborted at the end.
+    let signals = tokio::spawn(watch_signals(shutdown.clone(), stop.hard.clone()));
+    let _abort_signals = AbortOnDrop(signals);
 
     let names: Vec<String> = config.sinks.iter().map(|spec| spec.name.clone()).collect();
     for removed in outbox.forget_other_sinks(&names)? {
@@ -134,7 +140,6 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         credentials = obtain_credentials(&store) => credentials?,
     };
 
-    let stop = Stop { draining: CancellationToken::new(), hard: CancellationToken::new() };
     let mut stats = Vec::new();
     for (spec, sink, reader) in sinks {
         let sink_stats = Arc::new(SinkStats::default());
@@ -178,7 +183,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     stop.draining.cancel();
     tracker.close();
     tracing::info!(timeout_ms = config.shutdown_timeout.as_millis() as u64, "stopping, draining sinks");
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(config.shutdown_timeout, tracker.wait()) => drained.is_ok(),
+        _ = stop.hard.cancelled() => false,
+    };
+    if !drained {
         for (name, stats) in &stats {
             let pending = stats.pending.load(Ordering::Relaxed);
             if pending > 0 {
@@ -260,20 +269,45 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
     }
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
+/// Starts shutdown on the first SIGTERM or SIGINT and stops without
+/// draining on the second. SIGHUP is logged and otherwise ignored.
+async fn watch_signals(shutdown: CancellationToken, hard: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
         tracing::error!("cannot install signal handlers, SIGTERM will not drain the sinks");
         return;
     };
-    let name = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutdown requested");
-    shutdown.cancel();
+    loop {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+            _ = hangup.recv() => {
+                // TODO: re-read the configuration, diff topics and sinks.
+                tracing::warn!(signal = "SIGHUP", "configuration reload is not supported yet, restart flupd to apply a new configuration");
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            tracing::warn!(
+                signal = name,
+                "second signal, stopping without waiting for the sinks; their events stay in the outbox"
+            );
+            hard.cancel();
+            return;
+        }
+        tracing::info!(signal = name, "shutdown requested");
+        shutdown.cancel();
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Enriches a batch concurrently, so that the batch waits at most one

@@ -216,6 +216,12 @@ struct Poller {
 impl Poller {
     async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.link.config.reconnect_max_delay);
+        // The backoff as it was before the last CONNACK reset it, and when
+        // that CONNACK came: a connection that dies soon after it, as when
+        // the broker resends a message above max_packet_size after every
+        // connect, continues the earlier backoff instead of starting over.
+        let mut backoff_before_connack = backoff.clone();
+        let mut connected_at = std::time::Instant::now();
         let mut connected = false;
         // Refused credentials are replaced once; after that, only backoff,
         // so that a broker refusing everyone does not drain the API budget.
@@ -243,7 +249,9 @@ impl Poller {
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     connected = true;
+                    connected_at = std::time::Instant::now();
                     renewed_since_connect = false;
+                    backoff_before_connack = backoff.clone();
                     backoff.reset();
                     tracing::info!(session_present = connack.session_present, "connected");
                     crate::service::connected(connack.session_present);
@@ -278,7 +286,12 @@ impl Poller {
                 }
                 Err(error) => {
                     crate::service::connection_failed(&error);
-                    if connected {
+                    if connected && connected_at.elapsed() < STABLE_CONNECTION {
+                        backoff = backoff_before_connack.clone();
+                    }
+                    if is_packet_too_large(&error) {
+                        tracing::error!(error = %describe(&error), max_packet_size = self.link.config.max_packet_size, "message larger than mqtt.max_packet_size, raise it to receive the message; until then the broker resends it after every connect");
+                    } else if connected {
                         tracing::warn!(error = %describe(&error), "connection lost");
                     } else {
                         tracing::warn!(error = %describe(&error), "connection failed");
@@ -486,6 +499,19 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// A connection that lasts less than this after its CONNACK does not reset
+/// the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+fn is_packet_too_large(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 fn is_refused_credentials(error: &ConnectionError) -> bool {

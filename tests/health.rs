@@ -97,7 +97,7 @@ async fn health_endpoints_follow_subscription() {
     assert_eq!(value(&metrics, "flupd_malformed_payloads_total"), 1.0);
     assert_eq!(value(&metrics, "flupd_sink_delivered_total{sink=\"stdout\"}"), 6.0);
     assert_eq!(value(&metrics, "flupd_sink_failed_total{sink=\"stdout\"}"), 0.0);
-    assert_eq!(value(&metrics, "flupd_sink_dropped_total{sink=\"stdout\"}"), 0.0);
+    assert_eq!(value(&metrics, "flupd_sink_redelivered_total{sink=\"stdout\"}"), 0.0);
     assert_eq!(value(&metrics, "flupd_sink_retried_total{sink=\"stdout\"}"), 0.0);
     assert_eq!(value(&metrics, "flupd_sink_pending_events{sink=\"stdout\"}"), 0.0);
     assert_eq!(value(&metrics, "flupd_sink_oldest_pending_age_seconds{sink=\"stdout\"}"), 0.0);

@@ -224,7 +224,11 @@ async fn enrichment_adds_status_and_changes() {
     );
     let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &extra);
     let config = std::fs::read_to_string(&setup.config_path).unwrap();
-    std::fs::write(&setup.config_path, config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nmax_calls_per_second = 5")).unwrap();
+    std::fs::write(
+        &setup.config_path,
+        config.replace("client_prefix = \"flupd\"", "client_prefix = \"flupd\"\nmax_calls_per_second = 5"),
+    )
+    .unwrap();
     let flupd = setup.start();
     flupd.wait_subscribed();
 
@@ -241,7 +245,8 @@ async fn enrichment_adds_status_and_changes() {
 
     let events = read_json_lines(&events_path);
     assert_eq!(events[0]["status"]["departure"]["gate"], "B20", "{}", events[0]);
-    let change = events[1]["changes"].as_array().unwrap().iter().find(|change| change["field"] == "departure.gate").cloned();
+    let change =
+        events[1]["changes"].as_array().unwrap().iter().find(|change| change["field"] == "departure.gate").cloned();
     let change = change.unwrap_or_else(|| panic!("no gate change in {}", events[1]));
     assert_eq!(change["old"], "B20");
     assert_eq!(change["new"], "B44");

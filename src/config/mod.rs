@@ -18,10 +18,10 @@ use url::Url;
 pub use env::Env;
 pub use problems::{Problem, Problems};
 
-use crate::outbox::{Durability, FullPolicy, OutboxConfig};
 use crate::api::CallLimits;
+use crate::outbox::{Durability, FullPolicy, OutboxConfig};
 use crate::secret::Secret;
-use crate::sink::{SinkSpec, parse_sink};
+use crate::sink::{SinkConfig, SinkSpec, parse_sink};
 use crate::topic::TopicFilter;
 
 /// Where `flupd` looks for its configuration unless `--config` is given.
@@ -188,8 +188,18 @@ pub struct Loaded {
     pub warnings: Vec<Warning>,
 }
 
-const TOP_KEYS: &[&str] =
-    &["log_format", "log_level", "shutdown_timeout", "lufthansa", "mqtt", "state", "outbox", "health", "enrich", "sinks"];
+const TOP_KEYS: &[&str] = &[
+    "log_format",
+    "log_level",
+    "shutdown_timeout",
+    "lufthansa",
+    "mqtt",
+    "state",
+    "outbox",
+    "health",
+    "enrich",
+    "sinks",
+];
 const LUFTHANSA_KEYS: &[&str] = &[
     "client_id",
     "client_secret",
@@ -243,22 +253,40 @@ pub fn load(path: &Path, required: bool, env: &Env) -> Result<Loaded, LoadError>
         StrError::Invalid(problems) => LoadError::Invalid { path: path.to_owned(), problems },
     })?;
 
-    if has_inline_secret(&loaded.config) && is_readable_by_others(path) {
-        loaded.warnings.push(Warning {
-            key: "lufthansa.client_secret".to_owned(),
-            message: format!(
-                "{} contains a secret and is readable by other users; run `chmod 600 {}` or move the secret to client_secret_file or FLUPD_CLIENT_SECRET",
-                path.display(),
-                path.display()
-            ),
-        });
+    if is_readable_by_others(path) {
+        for (key, advice) in inline_secrets(&loaded.config) {
+            loaded.warnings.push(Warning {
+                key,
+                message: format!(
+                    "{} holds this secret and is readable by other users; run `chmod 600 {}`, or {advice}",
+                    path.display(),
+                    path.display()
+                ),
+            });
+        }
     }
     Ok(loaded)
 }
 
-fn has_inline_secret(config: &Config) -> bool {
-    matches!(config.lufthansa.client_secret, SecretSource::Inline(_))
-        || config.sinks.iter().any(|sink| sink.has_inline_secret())
+/// The keys of secrets written in the file, each with where it could live
+/// instead.
+fn inline_secrets(config: &Config) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    if matches!(config.lufthansa.client_secret, SecretSource::Inline(_)) {
+        found.push((
+            "lufthansa.client_secret".to_owned(),
+            "move it to lufthansa.client_secret_file or FLUPD_CLIENT_SECRET",
+        ));
+    }
+    for (index, sink) in config.sinks.iter().enumerate() {
+        if sink.has_inline_secret() {
+            found.push((
+                format!("sinks[{index}]"),
+                "move the signing key to signing_key_file and keep header values out of a shared file",
+            ));
+        }
+    }
+    found
 }
 
 fn is_readable_by_others(path: &Path) -> bool {
@@ -317,17 +345,7 @@ impl Reader<'_> {
         let health = self.health(warnings);
         let enrich = self.enrich();
         let sinks = self.sinks();
-        Some(Config {
-            log,
-            shutdown_timeout,
-            lufthansa: lufthansa?,
-            mqtt: mqtt?,
-            state,
-            outbox,
-            health,
-            enrich,
-            sinks,
-        })
+        Some(Config { log, shutdown_timeout, lufthansa: lufthansa?, mqtt: mqtt?, state, outbox, health, enrich, sinks })
     }
 
     /// Reports keys of a section that flupd does not know.
@@ -432,7 +450,17 @@ impl Reader<'_> {
             }
         };
         let level = self.string("log_level").unwrap_or_else(|| "info".to_owned());
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
+        // A bare word is a target name to the filter, so "verbose" would
+        // silently select nothing; require a level there.
+        let bare_words_are_levels = level.split(',').filter(|directive| !directive.contains('=')).all(|word| {
+            matches!(word.trim().to_ascii_lowercase().as_str(), "error" | "warn" | "info" | "debug" | "trace" | "off")
+        });
+        if !bare_words_are_levels {
+            self.problems.push(
+                "log_level",
+                format!("invalid filter {level:?}: a directive without `=` must be a level: error, warn, info, debug, trace or off"),
+            );
+        } else if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
             self.problems.push("log_level", format!("invalid filter {level:?}: {error}; use a level such as \"info\" or directives such as \"flupd=debug,info\""));
         }
         LogConfig { format, level }
@@ -494,6 +522,15 @@ impl Reader<'_> {
 
         let request_timeout = self.duration("lufthansa.request_timeout", Duration::from_secs(30));
         let renew_before = self.duration("lufthansa.renew_before", Duration::from_secs(30 * 24 * 3600));
+        if renew_before > Duration::from_secs(365 * 24 * 3600) {
+            self.problems.push(
+                "lufthansa.renew_before",
+                format!(
+                    "invalid value {}: Lufthansa's JWT is valid for about two years, so more than 365days would fetch new credentials at every start",
+                    humantime::format_duration(renew_before)
+                ),
+            );
+        }
         if request_timeout.is_zero() {
             self.problems.push("lufthansa.request_timeout", "must be greater than zero");
         }
@@ -798,6 +835,16 @@ impl Reader<'_> {
             if !explicit && sinks.iter().any(|other| other.name == sink.name) {
                 sink.name = format!("{}-{}", sink.name, index);
             }
+            if let SinkConfig::File(file) = &sink.config {
+                let shared =
+                    sinks.iter().any(|other| matches!(&other.config, SinkConfig::File(o) if o.path == file.path));
+                if shared {
+                    self.problems.push(
+                        format!("{key}.path"),
+                        format!("{} is the path of another file sink; two writers would interleave and rotate each other's lines", file.path.display()),
+                    );
+                }
+            }
             if sinks.iter().any(|other| other.name == sink.name) {
                 self.problems.push(
                     format!("{key}.name"),
@@ -1083,5 +1130,42 @@ mod tests {
         let config = load_str(&toml, &Env::default()).unwrap().config;
         assert_eq!(config.sinks[0].name, "stdout");
         assert_eq!(config.sinks[1].name, "stdout-1");
+    }
+
+    #[test]
+    fn config_rejects_unknown_log_level_words() {
+        let found = problems(&format!("log_level = \"verbose\"\n{MINIMAL}"), &Env::default());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("log_level: invalid filter \"verbose\""), "{found:?}");
+        for valid in ["debug", "info,flupd=trace", "WARN", "rumqttc=off,info"] {
+            let toml = format!("log_level = \"{valid}\"\n{MINIMAL}");
+            assert!(load_str(&toml, &Env::default()).is_ok(), "{valid} rejected");
+        }
+    }
+
+    #[test]
+    fn config_rejects_renew_before_near_jwt_lifetime() {
+        let toml = MINIMAL.replace("client_prefix = \"acme\"", "client_prefix = \"acme\"\nrenew_before = \"800days\"");
+        let found = problems(&toml, &Env::default());
+        assert!(found.iter().any(|problem| problem.starts_with("lufthansa.renew_before: invalid value")), "{found:?}");
+    }
+
+    #[test]
+    fn config_rejects_relative_and_shared_file_paths() {
+        let toml = format!(
+            "{MINIMAL}\n[[sinks]]\ntype = \"file\"\npath = \"events.jsonl\"\n[[sinks]]\ntype = \"file\"\npath = \"/tmp/a.jsonl\"\n[[sinks]]\ntype = \"file\"\npath = \"/tmp/a.jsonl\"\n"
+        );
+        let found = problems(&toml, &Env::default());
+        assert!(
+            found.iter().any(|problem| problem.starts_with("sinks[1].path: invalid path \"events.jsonl\"")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|problem| problem.starts_with("sinks[3].path: /tmp/a.jsonl is the path of another file sink")),
+            "{found:?}"
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 }

@@ -93,6 +93,14 @@ impl FileConfig {
                 format!("{key}.path"),
                 format!("invalid path {:?}: expected a file path, not a directory", self.path.display().to_string()),
             );
+        } else if !self.path.is_absolute() {
+            problems.push(
+                format!("{key}.path"),
+                format!(
+                    "invalid path {:?}: must be absolute, because flupd may run from any directory",
+                    self.path.display().to_string()
+                ),
+            );
         }
 
         if self.max_size == 0 {
