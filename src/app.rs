@@ -11,8 +11,10 @@ use crate::credentials::CredentialsError;
 use crate::daemon::{self, RunOptions};
 use crate::logging;
 use crate::outbox::{OUTBOX_FILE, Outbox, Query};
+use crate::reload::Loader;
 use crate::sink::Sink;
 use crate::sink::driver::{self, SinkStats};
+use std::sync::Arc;
 
 /// Exit code for an invalid configuration or command line (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -23,7 +25,13 @@ pub fn main(cli: Cli) -> ExitCode {
     let command = cli.command.as_ref().unwrap_or(&Command::Run);
     match command {
         Command::Check => check(&cli, &env),
-        Command::Run => with_config(&cli, &env, |loaded| block_on(run(loaded))),
+        Command::Run => {
+            let (path, required) = cli.config_path();
+            let loader: Loader = Arc::new(move || {
+                config::load(&path, required, &Env::from_process()).map(|loaded| loaded.config).map_err(one_line)
+            });
+            with_config(&cli, &env, |loaded| block_on(run(loaded, loader)))
+        }
         Command::Credentials { renew } => {
             let renew = *renew;
             with_config(&cli, &env, |loaded| block_on(credentials(loaded, renew)))
@@ -70,6 +78,17 @@ fn print_load_error(error: &LoadError) {
             }
         }
         other => eprintln!("flupd: {other}"),
+    }
+}
+
+/// Describes a load error on one line, for a log field.
+fn one_line(error: LoadError) -> String {
+    match error {
+        LoadError::Invalid { path, problems } => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            format!("invalid configuration in {}: {}", path.display(), problems.join("; "))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -120,8 +139,9 @@ fn check(cli: &Cli, env: &Env) -> ExitCode {
     }
 }
 
-async fn run(loaded: Loaded) -> ExitCode {
-    match daemon::run(loaded.config, RunOptions::default()).await {
+async fn run(loaded: Loaded, loader: Loader) -> ExitCode {
+    let options = RunOptions { reload: Some(loader), ..RunOptions::default() };
+    match daemon::run(loaded.config, options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "flupd stopped");

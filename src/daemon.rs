@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::api::LufthansaApi;
 use crate::config::{Config, SecretSource};
@@ -24,9 +23,10 @@ use crate::enrich::Enricher;
 use crate::event::Event;
 use crate::mqtt::{self, Acker, Link, Received};
 use crate::outbox::{Outbox, OutboxError, Stored};
+use crate::reload::{Loader, Reloader, SinkSet};
 use crate::secret::Secret;
 use crate::sink::Sink;
-use crate::sink::driver::{self, SinkStats, Stop};
+use crate::sink::driver::Stop;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +67,19 @@ impl DaemonError {
 }
 
 /// Settings for one run beside the configuration.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct RunOptions {
     /// Stop after this many events, as `flupd demo --max-events` does.
     pub max_events: Option<u64>,
     /// Cancelling this token starts shutdown, as a signal does.
     pub shutdown: CancellationToken,
+    /// Reads the configuration again on SIGHUP; without it SIGHUP is only
+    /// logged.
+    pub reload: Option<Loader>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads the client secret from where the configuration says.
@@ -118,7 +125,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let stop = Stop { draining: CancellationToken::new(), hard: CancellationToken::new() };
     // Outside the tracker, because it must see a second signal while
     // shutdown waits for the tracker's tasks; it is aborted at the end.
-    let signals = tokio::spawn(watch_signals(shutdown.clone(), stop.hard.clone()));
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let signals = tokio::spawn(watch_signals(shutdown.clone(), stop.hard.clone(), reload_tx));
     let _abort_signals = AbortOnDrop(signals);
 
     let names: Vec<String> = config.sinks.iter().map(|spec| spec.name.clone()).collect();
@@ -130,8 +138,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         let sink = Sink::build(&spec.config)
             .await
             .map_err(|error| DaemonError::Sink { name: spec.name.clone(), message: error.message })?;
-        let reader = outbox.reader(&spec.name)?;
-        sinks.push((spec.clone(), sink, reader));
+        sinks.push((spec.clone(), sink));
     }
 
     let service = crate::service::Service::start(&config, &tracker, shutdown.clone()).await?;
@@ -140,25 +147,26 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         credentials = obtain_credentials(&store) => credentials?,
     };
 
-    let mut stats = Vec::new();
-    for (spec, sink, reader) in sinks {
-        let sink_stats = Arc::new(SinkStats::default());
-        let span = tracing::info_span!("sink", sink = %spec.name);
-        span.in_scope(|| {
-            tracing::info!(kind = spec.config.type_name(), resume_after = reader.delivered(), "sink started")
-        });
-        stats.push((spec.name.clone(), sink_stats.clone()));
-        let task = driver::drive(spec, sink, reader, outbox.head(), sink_stats, stop.clone());
-        tracker.spawn(task.instrument(span));
+    let mut sink_set = SinkSet::new(outbox.clone(), tracker.clone(), stop.clone());
+    for (spec, sink) in sinks {
+        sink_set.start(spec, sink)?;
     }
+    let shared_stats = sink_set.stats();
     tracker.spawn(prune_periodically(outbox.clone(), stop.clone()));
 
     let (messages_tx, messages_rx) = mpsc::unbounded_channel();
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
-    service.attach(running.state.clone(), stats.clone());
+    service.attach(running.state.clone(), shared_stats.clone());
+    let reloader = Reloader {
+        loader: options.reload.clone(),
+        current: config.clone(),
+        sinks: sink_set,
+        topics: running.topics.clone(),
+    };
+    tracker.spawn(reloader.run(reload_rx, shutdown.clone()));
     tracing::info!(
-        sinks = stats.len(),
+        sinks = config.sinks.len(),
         topics = config.mqtt.topics.len(),
         outbox = %outbox.path().display(),
         startup_ms = started.elapsed().as_millis() as u64,
@@ -187,6 +195,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
         drained = tokio::time::timeout(config.shutdown_timeout, tracker.wait()) => drained.is_ok(),
         _ = stop.hard.cancelled() => false,
     };
+    let stats = lock(&shared_stats).clone();
     if !drained {
         for (name, stats) in &stats {
             let pending = stats.pending.load(Ordering::Relaxed);
@@ -270,8 +279,8 @@ async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credential
 }
 
 /// Starts shutdown on the first SIGTERM or SIGINT and stops without
-/// draining on the second. SIGHUP is logged and otherwise ignored.
-async fn watch_signals(shutdown: CancellationToken, hard: CancellationToken) {
+/// draining on the second. SIGHUP asks for a configuration reload.
+async fn watch_signals(shutdown: CancellationToken, hard: CancellationToken, reload: mpsc::UnboundedSender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -284,8 +293,8 @@ async fn watch_signals(shutdown: CancellationToken, hard: CancellationToken) {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
             _ = hangup.recv() => {
-                // TODO: re-read the configuration, diff topics and sinks.
-                tracing::warn!(signal = "SIGHUP", "configuration reload is not supported yet, restart flupd to apply a new configuration");
+                tracing::info!(signal = "SIGHUP", "configuration reload requested");
+                let _ = reload.send(());
                 continue;
             }
         };

@@ -15,6 +15,7 @@
 //! - [`outbox`]: the durable store every event passes before its ack.
 //! - [`enrich`]: the flight's status from the Flight Status API, per event.
 //! - [`sink`]: delivery of events to stdout, files and webhooks.
+//! - [`reload`]: applies a new configuration on SIGHUP.
 //! - [`daemon`]: assembles the pipeline and runs it until shutdown.
 //! - [`service`]: systemd notifications, the watchdog and the health checks.
 //! - [`health`]: the HTTP health and metrics endpoint.
@@ -39,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod reload;
 pub mod secret;
 pub mod service;
 pub mod sink;

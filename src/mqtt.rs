@@ -153,6 +153,9 @@ pub struct Link {
 pub struct Running {
     pub acker: Acker,
     pub state: watch::Receiver<LinkState>,
+    /// Replaces the topic filters: new ones are subscribed, removed ones
+    /// unsubscribed.
+    pub topics: mpsc::UnboundedSender<Vec<TopicFilter>>,
     pub event_loop: tokio::task::JoinHandle<()>,
     pub subscriber: tokio::task::JoinHandle<()>,
 }
@@ -182,8 +185,9 @@ pub fn start(
         pending: pending.clone(),
         state: state_tx.clone(),
     };
-    let subscriber =
-        tracker.spawn(subscriber.run(connack_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
+    let (topics_tx, topics_rx) = mpsc::unbounded_channel();
+    let subscriber = tracker
+        .spawn(subscriber.run(connack_rx, topics_rx, cancel.clone()).instrument(tracing::info_span!("subscriber")));
 
     let renew_at = renewal_time(&credentials, link.store.renew_before());
     let poller = Poller {
@@ -198,7 +202,7 @@ pub fn start(
     };
     let event_loop = tracker.spawn(poller.run(cancel).instrument(tracing::info_span!("mqtt")));
 
-    Running { acker: Acker { client }, state: state_rx, event_loop, subscriber }
+    Running { acker: Acker { client }, state: state_rx, topics: topics_tx, event_loop, subscriber }
 }
 
 struct Poller {
@@ -399,12 +403,25 @@ struct Subscriber {
 impl Subscriber {
     /// Subscribes after every CONNACK without a session, and after any
     /// CONNACK that follows an interrupted round.
-    async fn run(self, mut connack: watch::Receiver<Option<bool>>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        mut connack: watch::Receiver<Option<bool>>,
+        mut updates: mpsc::UnboundedReceiver<Vec<TopicFilter>>,
+        cancel: CancellationToken,
+    ) {
         let mut complete = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = connack.changed() => if changed.is_err() { return },
+                update = updates.recv() => {
+                    let Some(topics) = update else { return };
+                    complete = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        applied = self.replace_topics(topics, complete) => applied,
+                    };
+                    continue;
+                }
             }
             let Some(session_present) = *connack.borrow_and_update() else { continue };
             if session_present && complete {
@@ -414,18 +431,50 @@ impl Subscriber {
             }
             complete = tokio::select! {
                 _ = cancel.cancelled() => return,
-                complete = self.subscribe_all() => complete,
+                complete = self.subscribe(&self.topics) => complete,
             };
         }
     }
 
-    /// Sends every filter, at most [`FILTERS_PER_SUBSCRIBE`] per packet, one
+    /// Switches to a new set of filters. While subscribed, removed filters
+    /// are unsubscribed, even with a persistent session, and added ones
+    /// subscribed. Returns whether the broker's subscriptions now match.
+    async fn replace_topics(&mut self, topics: Vec<TopicFilter>, complete: bool) -> bool {
+        let removed: Vec<TopicFilter> = self.topics.iter().filter(|filter| !topics.contains(filter)).cloned().collect();
+        let added: Vec<TopicFilter> = topics.iter().filter(|filter| !self.topics.contains(filter)).cloned().collect();
+        self.topics = topics;
+        tracing::info!(
+            added = added.len(),
+            removed = removed.len(),
+            filters = self.topics.len(),
+            "topic filters changed"
+        );
+        if !complete || !matches!(*self.state.borrow(), LinkState::Subscribed | LinkState::Connected { .. }) {
+            // NOTE: filters removed while disconnected stay subscribed in a
+            // persistent session until the next change; the next connect
+            // subscribes the full new set.
+            return false;
+        }
+
+        for filter in &removed {
+            if self.client.unsubscribe(filter.to_string()).await.is_err() {
+                return false;
+            }
+            tracing::info!(topic = %filter, "unsubscribed");
+        }
+        if added.is_empty() {
+            return true;
+        }
+        self.subscribe(&added).await
+    }
+
+    /// Sends the filters, at most [`FILTERS_PER_SUBSCRIBE`] per packet, one
     /// packet at a time so that each SUBACK matches its filters. Returns
     /// whether every packet was answered.
-    async fn subscribe_all(&self) -> bool {
+    async fn subscribe(&self, topics: &[TopicFilter]) -> bool {
         let mut granted = 0;
         let mut refused = 0;
-        for chunk in self.topics.chunks(FILTERS_PER_SUBSCRIBE) {
+        for chunk in topics.chunks(FILTERS_PER_SUBSCRIBE) {
             let (waiter, answer) = oneshot::channel();
             if let Ok(mut pending) = self.pending.lock() {
                 *pending = Some(waiter);

@@ -148,7 +148,8 @@ impl SinkProgress {
 /// The daemon's state as the health endpoint and the watchdog read it.
 pub struct Monitor {
     link: Mutex<Option<watch::Receiver<LinkState>>>,
-    sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
+    /// The running sinks, replaced as a whole on a configuration reload.
+    sinks: Mutex<crate::reload::SharedStats>,
     sink_stuck_after: Duration,
     poll_stall_limit: Duration,
 }
@@ -157,7 +158,7 @@ impl Monitor {
     fn new(config: &Config) -> Monitor {
         Monitor {
             link: Mutex::new(None),
-            sinks: Mutex::new(Vec::new()),
+            sinks: Mutex::new(Arc::default()),
             sink_stuck_after: config.health.sink_stuck_after,
             poll_stall_limit: poll_stall_limit(config),
         }
@@ -170,7 +171,8 @@ impl Monitor {
 
     /// Returns the sinks and their counters.
     pub fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
-        self.sinks.lock().map(|sinks| sinks.clone()).unwrap_or_default()
+        let shared = self.sinks.lock().map(|sinks| sinks.clone()).unwrap_or_default();
+        shared.lock().map(|sinks| sinks.clone()).unwrap_or_default()
     }
 
     /// Lists the reasons flupd is not ready to receive updates, none when it is.
@@ -276,7 +278,7 @@ impl Service {
 
     /// Hands over the connection state and the sinks once they run, and
     /// reports each change of the connection to systemd.
-    pub fn attach(&self, link: watch::Receiver<LinkState>, sinks: Vec<(String, Arc<SinkStats>)>) {
+    pub fn attach(&self, link: watch::Receiver<LinkState>, sinks: crate::reload::SharedStats) {
         if let Ok(mut slot) = self.monitor.link.lock() {
             *slot = Some(link.clone());
         }

@@ -143,7 +143,7 @@ async fn messages_above_ten_kib_are_delivered() {
     standin.publish("prd/FlightUpdate/LH/LH400/2026-07-22", payload.as_bytes(), 1).await.unwrap();
 
     let events_path = dir.path().join("events.jsonl");
-    wait_for(TIMEOUT, "the large event", || read_json_lines(&events_path).len() >= 1).await;
+    wait_for(TIMEOUT, "the large event", || !read_json_lines(&events_path).is_empty()).await;
     let events = read_json_lines(&events_path);
     assert_eq!(events[0]["kind"], "departed");
     assert_eq!(events[0]["unknown_fields"]["Update.Note"].as_str().map(str::len), Some(200 * 1024));

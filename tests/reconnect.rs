@@ -165,7 +165,7 @@ async fn sighup_keeps_running_and_second_sigterm_stops() {
     flupd.wait_subscribed();
 
     flupd.signal(Signal::SIGHUP);
-    flupd.wait_for_log("configuration reload is not supported yet", TIMEOUT);
+    flupd.wait_for_log("configuration reloaded", TIMEOUT);
     standin.publish("prd/FlightUpdate/LH/LH400/2026-07-22", br#"{"Update":{"Message":"Departed"}}"#, 1).await.unwrap();
     let events = dir.path().join("events.jsonl");
     wait_for(TIMEOUT, "an event after SIGHUP", || read_json_lines(&events).len() == 1).await;
