@@ -250,6 +250,10 @@ async fn prune_periodically(outbox: Outbox, stop: Stop) {
             Ok(deleted) => tracing::trace!(deleted, bytes = outbox.bytes(), "outbox pruned"),
             Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
         }
+        match outbox.count() {
+            Ok(events) => crate::metrics::set_outbox_size(events, outbox.bytes()),
+            Err(error) => tracing::warn!(%error, "outbox size not read"),
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub const SINK_DELIVERED: &str = "flupd_sink_delivered_total";
 pub const SINK_FAILED: &str = "flupd_sink_failed_total";
 pub const SINK_RETRIED: &str = "flupd_sink_retried_total";
 pub const SINK_REDELIVERED: &str = "flupd_sink_redelivered_total";
+pub const OUTBOX_BYTES: &str = "flupd_outbox_bytes";
+pub const OUTBOX_EVENTS: &str = "flupd_outbox_events";
 pub const SINK_PENDING: &str = "flupd_sink_pending_events";
 pub const SINK_OLDEST_PENDING_AGE: &str = "flupd_sink_oldest_pending_age_seconds";
 pub const MQTT_RECONNECTS: &str = "flupd_mqtt_reconnects_total";
@@ -66,6 +68,8 @@ fn describe() {
     describe_counter!(SINK_FAILED, "Events the sink rejected permanently, by sink");
     describe_counter!(SINK_RETRIED, "Delivery attempts that failed and were retried, by sink");
     describe_counter!(SINK_REDELIVERED, "Events delivered again with redelivered set, by sink");
+    describe_gauge!(OUTBOX_BYTES, "Bytes of event data stored in the outbox");
+    describe_gauge!(OUTBOX_EVENTS, "Events stored in the outbox, delivered or not");
     describe_gauge!(SINK_PENDING, "Events queued or being delivered, by sink");
     describe_gauge!(SINK_OLDEST_PENDING_AGE, "Age of the event the sink is delivering, 0 when idle");
     describe_counter!(MQTT_RECONNECTS, "Connection failures and losses, each followed by a reconnect, by cause");
@@ -101,6 +105,12 @@ pub fn record_reconnect(cause: &'static str) {
 pub fn set_credentials_expiry(expires_at: Option<DateTime<Utc>>) {
     let seconds = expires_at.map_or(i64::MIN, |at| at.timestamp());
     CREDENTIALS_EXPIRES_AT.store(seconds, Ordering::Relaxed);
+}
+
+/// Records the outbox's size, as measured after each cleanup.
+pub fn set_outbox_size(events: u64, bytes: u64) {
+    gauge!(OUTBOX_EVENTS).set(events as f64);
+    gauge!(OUTBOX_BYTES).set(bytes as f64);
 }
 
 /// Counts one request to Lufthansa's API by its HTTP status, `None` when no

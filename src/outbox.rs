@@ -278,6 +278,14 @@ impl Outbox {
             .map_err(|error| OutboxError::Task(error.to_string()))?
     }
 
+    /// Counts the stored events, delivered or not.
+    pub fn count(&self) -> Result<u64, OutboxError> {
+        let connection = self.inner.lock();
+        connection
+            .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+            .map_err(|source| OutboxError::Sqlite { path: self.inner.path.clone(), source })
+    }
+
     /// Reads stored events matching `query`, oldest first.
     pub fn query(&self, query: &Query) -> Result<Vec<Event>, OutboxError> {
         let connection = self.inner.lock();

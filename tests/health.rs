@@ -103,6 +103,8 @@ async fn health_endpoints_follow_subscription() {
     assert_eq!(value(&metrics, "flupd_sink_oldest_pending_age_seconds{sink=\"stdout\"}"), 0.0);
     assert!(value(&metrics, "flupd_mqtt_reconnects_total{cause=\"broker_unreachable\"}") >= 1.0, "{metrics}");
     assert_eq!(value(&metrics, "flupd_mqtt_connected"), 1.0);
+    assert!(series(&metrics, "flupd_outbox_events").is_some(), "{metrics}");
+    assert!(series(&metrics, "flupd_outbox_bytes").is_some(), "{metrics}");
     assert_eq!(value(&metrics, "flupd_mqtt_subscribed"), 1.0);
     assert_eq!(value(&metrics, "flupd_mqtt_session_present"), 0.0);
     // The stand-in issues JWTs valid for about two years.
