@@ -315,8 +315,32 @@ pub fn load_str(toml: &str, env: &Env) -> Result<Loaded, StrError> {
     let config = reader.config(env, &mut warnings);
     match config {
         Some(config) if reader.problems.is_empty() => Ok(Loaded { config, warnings }),
-        _ => Err(StrError::Invalid(reader.problems)),
+        _ => Err(StrError::Invalid(name_variables(env, &reader.problems))),
     }
+}
+
+/// Adds the environment variable to each problem whose value came from one,
+/// because the operator would look for it in the file in vain.
+fn name_variables(env: &Env, problems: &Problems) -> Problems {
+    let overrides = env.overrides();
+    let mut named = Problems::default();
+    for problem in problems.iter() {
+        let base = problem.key.split('[').next().unwrap_or(&problem.key);
+        // A variable, when set, wins over the file.
+        let from_environment = overrides.contains_key(&variable_name(base));
+        let message = if from_environment {
+            format!("{} (set by {})", problem.message, variable_name(base))
+        } else {
+            problem.message.clone()
+        };
+        named.push(problem.key.clone(), message);
+    }
+    named
+}
+
+/// The variable that overrides `key`: `mqtt.port` is `FLUPD_MQTT__PORT`.
+fn variable_name(key: &str) -> String {
+    format!("{}{}", env::OVERRIDE_PREFIX, key.replace('.', "__").to_ascii_uppercase())
 }
 
 /// Reads typed values out of the merged configuration, recording a problem
@@ -1167,5 +1191,33 @@ mod tests {
             "{found:?}"
         );
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn config_reports_every_bad_sink_key() {
+        let toml = format!(
+            "{MINIMAL}\n[[sinks]]\ntype = \"file\"\npath = \"/tmp/x.jsonl\"\nkeep = \"many\"\nmax_size = \"100MB\"\nbogus = 1\n"
+        );
+        let found = problems(&toml, &Env::default());
+        for key in ["sinks[1].keep:", "sinks[1].max_size:", "sinks[1].bogus: unknown key"] {
+            assert!(found.iter().any(|problem| problem.starts_with(key)), "{key} missing in {found:#?}");
+        }
+        assert_eq!(found.len(), 3, "{found:#?}");
+    }
+
+    #[test]
+    fn config_names_the_variable_behind_a_bad_value() {
+        let found = problems(MINIMAL, &env(&[("FLUPD_MQTT__PORT", "x"), ("FLUPD_FOO", "1")]));
+        assert!(
+            found.iter().any(|problem| problem.starts_with("mqtt.port: invalid value \"x\"")
+                && problem.ends_with("(set by FLUPD_MQTT__PORT)")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|problem| problem.starts_with("foo: unknown key") && problem.ends_with("(set by FLUPD_FOO)")),
+            "{found:#?}"
+        );
     }
 }

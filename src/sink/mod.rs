@@ -135,14 +135,40 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
     Some(SinkSpec { name, topics, config })
 }
 
+/// Deserializes a sink's own keys, reporting every bad key rather than the
+/// first: each failing key is recorded and left out, and the rest is tried
+/// again, so that one mistake does not hide the next.
 fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Problems) -> Option<T> {
-    match serde_json::from_value(rest) {
-        Ok(config) => Some(config),
-        Err(error) => {
-            problems.push(key, error.to_string());
-            None
+    let Value::Object(mut table) = rest else { return None };
+    let mut failed = false;
+    // Each round removes one key, so the loop ends.
+    for _ in 0..=table.len() {
+        let error = match serde_path_to_error::deserialize::<_, T>(Value::Object(table.clone())) {
+            Ok(config) if !failed => return Some(config),
+            Ok(_) => return None,
+            Err(error) => error,
+        };
+        failed = true;
+        let field = error.path().iter().next().map(|segment| segment.to_string()).filter(|field| field != "?");
+        let message = error.inner().to_string();
+        let unknown =
+            message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()).map(str::to_owned);
+        match unknown.or(field) {
+            Some(field) if table.remove(&field).is_some() => {
+                let message = if message.starts_with("unknown field") {
+                    message.replacen(&format!("unknown field `{field}`, "), "unknown key; ", 1)
+                } else {
+                    message
+                };
+                problems.push(format!("{key}.{field}"), message);
+            }
+            _ => {
+                problems.push(key, message);
+                return None;
+            }
         }
     }
+    None
 }
 
 /// A failed delivery, as reported by a sink.
