@@ -3,7 +3,7 @@
 //! Every call to the credentials endpoint creates a new client id and costs
 //! part of a small rate budget, so credentials are cached in the state
 //! directory and reused across restarts until they come close to expiry.
-//! The cache is the only file that holds the JWT; it is written atomically
+//! The cache is the only file that contains the JWT; it is written atomically
 //! with mode 0600.
 
 use std::io::Write;
@@ -78,7 +78,7 @@ struct CacheFile {
     expires_at: Option<DateTime<Utc>>,
 }
 
-/// Where the credentials in use came from.
+/// Source of the credentials in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Cache,

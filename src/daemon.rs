@@ -28,7 +28,7 @@ use crate::secret::Secret;
 use crate::sink::Sink;
 use crate::sink::driver::Stop;
 
-/// Why the daemon could not start or stopped with an error.
+/// Failure to start the daemon, or an error it stopped with.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("read client secret {path}: {source}; check lufthansa.client_secret_file or the systemd credential")]
@@ -82,7 +82,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the client secret from where the configuration says.
+/// Reads the client secret from the source the configuration names.
 pub fn read_secret(source: &SecretSource) -> Result<Secret, DaemonError> {
     let path = match source {
         SecretSource::Environment(secret) | SecretSource::Inline(secret) => return Ok(secret.clone()),
@@ -257,7 +257,7 @@ async fn prune_periodically(outbox: Outbox, stop: Stop) {
     }
 }
 
-/// Gets credentials, waiting out network failures with backoff. Answers
+/// Gets credentials, waiting out network failures with backoff. Responses
 /// that no retry can fix, such as a wrong secret, end the wait.
 async fn obtain_credentials(store: &CredentialStore) -> Result<crate::credentials::MqttCredentials, DaemonError> {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
@@ -340,7 +340,7 @@ async fn enrich_all(enricher: &Enricher, events: Vec<Event>) -> Vec<Event> {
         match joined {
             Ok((index, event)) => slots[index] = Some(event),
             // enrich() never fails; a panic inside it is a bug, and the
-            // event it held is lost from this batch, so say so loudly.
+            // event it held is lost from this batch, so it is logged at ERROR.
             Err(error) => tracing::error!(%error, "enrichment task failed, its event is dropped"),
         }
     }

@@ -26,7 +26,7 @@ use crate::config::MqttConfig;
 use crate::credentials::{CredentialStore, MqttCredentials};
 use crate::topic::TopicFilter;
 
-/// The most topic filters sent in one SUBSCRIBE packet. Lufthansa publishes
+/// Maximum number of topic filters sent in one SUBSCRIBE packet. Lufthansa publishes
 /// no limit; 40 is what a known working client of the feed sends.
 pub const FILTERS_PER_SUBSCRIBE: usize = 40;
 
@@ -110,7 +110,7 @@ pub fn options(config: &MqttConfig, credentials: &MqttCredentials, tls: Arc<rust
     options
 }
 
-/// What the connection is doing, for the rest of the daemon.
+/// State of the connection, for the rest of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Connecting,
@@ -470,7 +470,7 @@ impl Subscriber {
 
     /// Sends the filters, at most [`FILTERS_PER_SUBSCRIBE`] per packet, one
     /// packet at a time so that each SUBACK matches its filters. Returns
-    /// whether every packet was answered.
+    /// whether every packet got its SUBACK.
     async fn subscribe(&self, topics: &[TopicFilter]) -> bool {
         let mut granted = 0;
         let mut refused = 0;

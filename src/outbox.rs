@@ -1,7 +1,7 @@
 //! The durable outbox: every accepted event is stored in SQLite before its
 //! message is acknowledged, and each sink reads it from its own cursor.
 //!
-//! One table holds the events in receive order (`seq`), one the cursor of
+//! One table contains the events in receive order (`seq`), one the cursor of
 //! every sink, and one the ids seen recently, so that a message the broker
 //! redelivers after a lost ack reaches no sink twice. The database runs in
 //! WAL mode: with `durability = "process"` a commit reaches the operating
@@ -33,7 +33,7 @@ pub enum Durability {
     PowerLoss,
 }
 
-/// What happens when the outbox reaches `max_bytes`.
+/// Policy when the outbox reaches `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullPolicy {
     /// Stop acknowledging, so that the broker holds further messages.
@@ -91,7 +91,7 @@ pub enum OutboxError {
 pub enum Stored {
     /// Stored under this sequence number.
     New(u64),
-    /// Its id was stored before: a redelivery nobody needs again.
+    /// Its id was stored before: a redelivery no sink needs again.
     Duplicate,
 }
 
@@ -211,7 +211,7 @@ impl Outbox {
     }
 
     /// Stores a batch of events in one transaction, in order. Returns once
-    /// the commit has reached the durability the configuration asks for.
+    /// the commit has reached the durability the configuration requests.
     pub async fn append(&self, batch: Arc<Vec<Event>>) -> Result<Vec<Stored>, OutboxError> {
         let inner = self.inner.clone();
         let stored = tokio::task::spawn_blocking(move || inner.append(&batch))

@@ -24,7 +24,7 @@ use crate::secret::Secret;
 use crate::sink::{SinkConfig, SinkSpec, parse_sink};
 use crate::topic::TopicFilter;
 
-/// Where `flupd` looks for its configuration unless `--config` is given.
+/// Default configuration path, used unless `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flupd/flupd.toml";
 
 /// The validated configuration.
@@ -74,7 +74,7 @@ pub struct LufthansaConfig {
     pub limits: CallLimits,
 }
 
-/// Where the client secret comes from, in order of precedence.
+/// Source of the client secret, in order of precedence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// `FLUPD_CLIENT_SECRET`.
@@ -100,7 +100,7 @@ pub struct MqttConfig {
     pub keepalive: Duration,
     /// Largest incoming MQTT packet accepted, in bytes.
     pub max_packet_size: usize,
-    /// Longest wait between two connection attempts.
+    /// Maximum wait between two connection attempts.
     pub reconnect_max_delay: Duration,
     /// Whether to start a fresh session at every connect. With `false` the
     /// broker keeps the subscriptions and queues messages while flupd is away.
@@ -163,7 +163,7 @@ pub struct HealthConfig {
     pub sink_stuck_after: Duration,
 }
 
-/// Why a configuration could not be loaded.
+/// Failure to load a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("read {path}: {source}")]

@@ -1,9 +1,9 @@
 //! Sinks: where events are delivered.
 //!
 //! Each sink type lives in its own file with its configuration type, its
-//! runtime type and its unit tests. This file holds the tagged set of sink
+//! runtime type and its unit tests. This file contains the tagged set of sink
 //! configurations, the one place that builds them, and the task that feeds a
-//! sink from its queue and retries failed deliveries.
+//! sink from the outbox and retries failed deliveries.
 
 pub mod driver;
 pub mod file;
@@ -36,7 +36,7 @@ impl SinkSpec {
         self.topics.is_empty() || self.topics.iter().any(|filter| filter.matches(topic))
     }
 
-    /// Returns whether the sink's table holds a secret written inline.
+    /// Returns whether the sink's table contains a secret written inline.
     pub fn has_inline_secret(&self) -> bool {
         match &self.config {
             SinkConfig::Webhook(config) => config.has_inline_secret(),
@@ -175,7 +175,7 @@ fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Probl
 #[derive(Debug)]
 pub struct DeliveryError {
     pub retry: Retry,
-    /// What failed, naming the path or URL concerned.
+    /// Description of the failure, naming the path or URL concerned.
     pub message: String,
 }
 
@@ -245,7 +245,7 @@ impl Sink {
         }
     }
 
-    /// The delays between attempts to deliver one event.
+    /// Returns the backoff between attempts to deliver one event.
     pub fn retry_backoff(&self) -> crate::backoff::Backoff {
         match self {
             Sink::Webhook(sink) => sink.retry_backoff(),
