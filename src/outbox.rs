@@ -116,6 +116,9 @@ struct Inner {
     bytes: AtomicU64,
     head: watch::Sender<u64>,
     dropped_oldest: AtomicU64,
+    /// When the last "oldest events deleted" ERROR was logged, and the
+    /// events deleted since, so that a full outbox logs at most every 10 s.
+    drop_log: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
@@ -183,6 +186,7 @@ impl Outbox {
                 bytes: AtomicU64::new(bytes as u64),
                 head: watch::Sender::new(head),
                 dropped_oldest: AtomicU64::new(0),
+                drop_log: Mutex::new((None, 0)),
             }),
         })
     }
@@ -439,7 +443,12 @@ impl Inner {
         connection.execute("DELETE FROM events WHERE seq <= ?1", [last_seq]).map_err(|error| self.sqlite(error))?;
         self.bytes.fetch_sub(freed.min(self.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         let total = self.dropped_oldest.fetch_add(dropped, Ordering::Relaxed) + dropped;
-        tracing::error!(dropped, dropped_total = total, up_to_seq = last_seq, path = %self.path.display(), "outbox full, oldest events deleted before every sink received them");
+        let mut log = self.drop_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        log.1 += dropped;
+        if log.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            tracing::error!(dropped = log.1, dropped_total = total, up_to_seq = last_seq, path = %self.path.display(), "outbox full, oldest events deleted before every sink received them");
+            *log = (Some(std::time::Instant::now()), 0);
+        }
         Ok(())
     }
 
