@@ -112,10 +112,10 @@ async fn run(args: &Args, mut payloads: PayloadMaker) -> Result<serde_json::Valu
 
     // Connect first, so that the rate is measured from the first PUBLISH.
     loop {
-        match tokio::time::timeout_at(deadline, event_loop.poll()).await.context("timed out connecting")? {
+        match tokio::time::timeout_at(deadline, event_loop.poll()).await.context("timed out connecting to the broker")? {
             Ok(Event::Incoming(Packet::ConnAck(_))) => break,
             Ok(_) => {}
-            Err(error) => bail!("connect to {}:{}: {error}", args.host, args.port),
+            Err(error) => bail!("failed to connect to {}:{}: {error}", args.host, args.port),
         }
     }
 
@@ -202,8 +202,9 @@ struct PayloadMaker {
     today: chrono::NaiveDate,
 }
 
-/// Longest suffix `,"Seq":N,"SentNs":T,"Pad":""}` with 20-digit numbers.
-const SUFFIX_MAX: usize = 31 + 2 * 20;
+/// Maximum length of the suffix `,"Seq":N,"SentNs":T,"Pad":""}`: 27 fixed
+/// bytes and two numbers of at most 20 digits.
+const SUFFIX_MAX: usize = 27 + 2 * 20;
 
 /// The short form used when a full sample does not fit: only the code.
 const COMPACT_PREFIX: &str = r#"{"Update":{"Code":"MVT ED"}"#;
