@@ -264,6 +264,12 @@ impl Poller {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     tracing::trace!(topic = %publish.topic, pkid = publish.pkid, bytes = publish.payload.len(), "message received");
+                    // The payload is a slice of rumqttc's read buffer, which
+                    // stays allocated as long as any slice of it lives; an
+                    // owned copy lets the buffer be reused while messages
+                    // wait for the dispatcher.
+                    let mut publish = publish;
+                    publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
                     let received = Received { publish, received_at: Utc::now() };
                     if self.messages.send(received).is_err() {
                         break;

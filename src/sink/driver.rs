@@ -107,8 +107,18 @@ pub async fn drive(
                 last_commit = Instant::now();
             }
         }
-        // Buffered output must reach its destination before the cursor says so.
-        flush(&mut sink).await;
+        // Buffered output must reach its destination before the cursor
+        // says so: a failed flush is retried, and the cursor stays put.
+        let mut flush_failures = sink.retry_backoff();
+        while let Err(error) = sink.flush().await {
+            let delay = flush_failures.next_delay();
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "flush failed, retrying before the cursor moves");
+            tokio::select! {
+                _ = stop.hard.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
         commit(&mut reader, passed).await;
     }
     flush(&mut sink).await;
