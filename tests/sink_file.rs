@@ -166,3 +166,72 @@ async fn file_write_error_is_retryable_and_names_path() {
     assert_eq!(error.retry, Retry::After(None));
     assert_eq!(error.message, "write /dev/full: no space left on device");
 }
+
+#[tokio::test]
+async fn file_deliver_many_writes_in_order_and_rotates_between_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let line_length = serde_json::to_string(&event(10)).unwrap().len() as u64 + 1;
+    let max_size = 2 * line_length + line_length / 2;
+    let mut sink = FileSink::open(&config(json!({ "path": path, "max_size": max_size, "keep": 3 }))).await.unwrap();
+
+    let events: Vec<Event> = (10..17).map(event).collect();
+    let (taken, error) = sink.deliver_many(&events.iter().collect::<Vec<_>>()).await;
+
+    assert_eq!(taken, 7);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(read_events(&path), [event(16)]);
+    assert_eq!(read_events(&rotated(&path, 1)), [event(14), event(15)]);
+    assert_eq!(read_events(&rotated(&path, 2)), [event(12), event(13)]);
+    assert_eq!(read_events(&rotated(&path, 3)), [event(10), event(11)]);
+}
+
+#[tokio::test]
+async fn file_deliver_many_reports_how_many_lines_reached_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let line_length = serde_json::to_string(&event(10)).unwrap().len() as u64 + 1;
+    let max_size = 2 * line_length + line_length / 2;
+    // Rotation shifts events.jsonl.1 to events.jsonl.2 first; a directory
+    // that is not empty in the way makes the first rotation fail.
+    fs::write(rotated(&path, 1), "older\n").unwrap();
+    let blocker = rotated(&path, 2);
+    fs::create_dir(&blocker).unwrap();
+    fs::write(blocker.join("file"), "").unwrap();
+    let mut sink = FileSink::open(&config(json!({ "path": path, "max_size": max_size, "keep": 2 }))).await.unwrap();
+
+    let events: Vec<Event> = (10..15).map(event).collect();
+    let all: Vec<&Event> = events.iter().collect();
+    let (taken, error) = sink.deliver_many(&all).await;
+
+    // The two lines that fitted before the rotation are in the file, and
+    // the sink holds none of the others for a later write.
+    assert_eq!(taken, 2);
+    let error = error.expect("rotation error");
+    assert!(error.message.starts_with(&format!("rotate {}: rename ", path.display())), "{}", error.message);
+    assert_eq!(error.retry, Retry::After(None));
+    sink.flush().await.unwrap();
+    assert_eq!(read_events(&path), [event(10), event(11)]);
+
+    // Once rotation works again, the rest follow without duplicates.
+    fs::remove_dir_all(&blocker).unwrap();
+    let (taken, error) = sink.deliver_many(&all[2..]).await;
+    assert_eq!(taken, 3);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(read_events(&path), [event(14)]);
+    assert_eq!(read_events(&rotated(&path, 1)), [event(12), event(13)]);
+    assert_eq!(read_events(&rotated(&path, 2)), [event(10), event(11)]);
+}
+
+#[tokio::test]
+async fn file_deliver_many_on_full_disk_takes_nothing() {
+    let mut sink = FileSink::open(&config(json!({ "path": "/dev/full" }))).await.unwrap();
+    let events: Vec<Event> = (1..4).map(event).collect();
+
+    let (taken, error) = sink.deliver_many(&events.iter().collect::<Vec<_>>()).await;
+
+    assert_eq!(taken, 0);
+    assert_eq!(error.unwrap().message, "write /dev/full: no space left on device");
+    // Nothing stays buffered, so a later flush has nothing to write.
+    sink.flush().await.unwrap();
+}

@@ -86,7 +86,28 @@ pub async fn drive(
 
         let mut last_commit = Instant::now();
         let mut passed = reader.delivered();
-        for entry in batch {
+
+        // Sinks that can take the batch in one call do; what they leave,
+        // after a failure, goes one by one with retries.
+        let wanted: Vec<usize> = (0..batch.len()).filter(|&index| spec.wants(&batch[index].event.topic)).collect();
+        let events: Vec<&Event> = wanted.iter().map(|&index| &batch[index].event).collect();
+        let (taken, error) = tokio::select! {
+            _ = stop.hard.cancelled() => return,
+            taken = deliver_many(&mut sink, &events, &stats) => taken,
+        };
+        if let Some(error) = error {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, taken, "batch write failed, delivering the rest one by one");
+        }
+        let mut start = 0;
+        if taken > 0 {
+            let last = wanted[taken - 1];
+            passed = batch[last].seq;
+            start = last + 1;
+        }
+        drop(events);
+
+        for entry in batch.into_iter().skip(start) {
             if spec.wants(&entry.event.topic) {
                 let delivered = tokio::select! {
                     _ = stop.hard.cancelled() => {
@@ -134,6 +155,26 @@ async fn flush(sink: &mut Sink) {
     if let Err(error) = sink.flush().await {
         tracing::warn!(%error, "flush failed");
     }
+}
+
+/// Offers `events` to the sink in one call, without retries. Returns how
+/// many of them, from the first, it took.
+async fn deliver_many(sink: &mut Sink, events: &[&Event], stats: &SinkStats) -> (usize, Option<super::DeliveryError>) {
+    let Some(first) = events.first() else {
+        return (0, None);
+    };
+    let _delivering = stats.progress.delivering(first);
+    let attempt = stats.progress.attempt();
+    let (taken, error) = sink.deliver_many(events).await;
+    drop(attempt);
+    for event in &events[..taken] {
+        tracing::debug!(event_id = %event.id, "event delivered");
+        stats.delivered.fetch_add(1, Ordering::Relaxed);
+        if event.redelivered {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (taken, error)
 }
 
 /// Delivers one event, retrying as the sink's error says. Returns false

@@ -142,8 +142,44 @@ impl FileSink {
         self.run(move |writer| writer.push(line)).await
     }
 
+    /// Adds the lines of several events in one call, written together as
+    /// the flush policy allows. Returns how many of them, from the first,
+    /// the sink took; on a failure the rest are not in the file or its
+    /// buffer, and the error says why.
+    pub async fn deliver_many(&mut self, events: &[&Event]) -> (usize, Option<DeliveryError>) {
+        let mut lines = Vec::with_capacity(events.len());
+        for event in events {
+            match serde_json::to_vec(event) {
+                Ok(mut line) => {
+                    line.push(b'\n');
+                    lines.push(line);
+                }
+                // The event that cannot be serialized goes the one-by-one
+                // way, which reports it.
+                Err(_) => break,
+            }
+        }
+        let writer = Arc::clone(&self.writer);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer.push_many(lines)
+        });
+        match task.await {
+            Ok(taken) => taken,
+            Err(error) => (0, Some(DeliveryError::retryable(format!("write events file: task failed: {error}")))),
+        }
+    }
+
     /// Writes every buffered line to the file.
     pub async fn flush(&mut self) -> Result<(), DeliveryError> {
+        // Nothing buffered is the common case after a batch; it needs no
+        // trip to the blocking pool. A writer busy in another task is
+        // checked there.
+        if let Ok(writer) = self.writer.try_lock() {
+            if writer.pending.is_empty() {
+                return Ok(());
+            }
+        }
         self.run(Writer::write_pending).await
     }
 
@@ -260,6 +296,43 @@ impl Writer {
         result
     }
 
+    /// Adds several lines and writes the buffered lines when the flush
+    /// policy requires it. Returns how many of the new lines the file or
+    /// the buffer holds; on a failure the others are removed again, so that
+    /// retrying them does not write them twice.
+    fn push_many(&mut self, lines: Vec<Vec<u8>>) -> (usize, Option<DeliveryError>) {
+        let count = lines.len();
+        for line in lines {
+            self.pending_bytes += line.len();
+            self.pending.push_back(line);
+        }
+
+        let due = match self.policy {
+            FlushPolicy::EveryEvent => true,
+            FlushPolicy::Interval => {
+                self.last_write.elapsed() >= self.flush_interval || self.pending_bytes >= MAX_PENDING_BYTES
+            }
+        };
+        if !due {
+            return (count, None);
+        }
+
+        match self.write_pending() {
+            Ok(()) => (count, None),
+            Err(error) => {
+                // Lines are written in order, so the unwritten new lines
+                // are the newest ones.
+                let unwritten = self.pending.len().min(count);
+                for _ in 0..unwritten {
+                    if let Some(line) = self.pending.pop_back() {
+                        self.pending_bytes -= line.len();
+                    }
+                }
+                (count - unwritten, Some(error))
+            }
+        }
+    }
+
     /// Writes the buffered lines in order, rotating between lines as needed.
     /// A line that fails halfway is truncated away, so that the file contains
     /// only whole lines.
@@ -278,20 +351,31 @@ impl Writer {
                 self.rotate()?;
             }
 
-            if let Err(error) = self.file.write_all(&self.pending[0]) {
+            // The lines that fit in the current file go out in one write.
+            let mut chunk = Vec::new();
+            let mut lines = 0;
+            for line in &self.pending {
+                if lines > 0 && self.size + (chunk.len() + line.len()) as u64 > self.max_size {
+                    break;
+                }
+                chunk.extend_from_slice(line);
+                lines += 1;
+            }
+
+            if let Err(error) = self.file.write_all(&chunk) {
                 if let Err(truncate_error) = self.file.set_len(self.size) {
                     tracing::warn!(
                         path = %self.path.display(),
                         error = %describe_io_error(&truncate_error),
-                        "could not remove partly written line from events file"
+                        "could not remove partly written lines from events file"
                     );
                 }
                 return Err(self.write_error(&error));
             }
 
-            self.size += length as u64;
-            self.pending_bytes -= length;
-            self.pending.pop_front();
+            self.size += chunk.len() as u64;
+            self.pending_bytes -= chunk.len();
+            self.pending.drain(..lines);
         }
 
         self.last_write = Instant::now();

@@ -235,6 +235,17 @@ impl Sink {
         }
     }
 
+    /// Delivers a run of events in one call where the sink can, without
+    /// retries. Returns how many of them, from the first, the sink took,
+    /// and the error that stopped it; the caller delivers the rest one by
+    /// one. Sinks that take one event per call take none here.
+    pub async fn deliver_many(&mut self, events: &[&Event]) -> (usize, Option<DeliveryError>) {
+        match self {
+            Sink::File(sink) => sink.deliver_many(events).await,
+            Sink::Stdout(_) | Sink::Webhook(_) => (0, None),
+        }
+    }
+
     /// Flushes buffered output. Called when the queue is empty and before
     /// the sink stops.
     pub async fn flush(&mut self) -> Result<(), DeliveryError> {

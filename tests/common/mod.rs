@@ -199,10 +199,12 @@ impl Drop for Flupd {
     }
 }
 
-/// Reads a JSON Lines file; a missing file reads as empty.
+/// Reads the complete lines of a JSON Lines file; a missing file reads as
+/// empty. A line still being written, without its newline, is left out.
 pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("invalid JSON line {line:?}: {error}")))

@@ -112,7 +112,10 @@ async fn run(args: &Args, mut payloads: PayloadMaker) -> Result<serde_json::Valu
 
     // Connect first, so that the rate is measured from the first PUBLISH.
     loop {
-        match tokio::time::timeout_at(deadline, event_loop.poll()).await.context("timed out connecting to the broker")? {
+        match tokio::time::timeout_at(deadline, event_loop.poll())
+            .await
+            .context("timed out connecting to the broker")?
+        {
             Ok(Event::Incoming(Packet::ConnAck(_))) => break,
             Ok(_) => {}
             Err(error) => bail!("failed to connect to {}:{}: {error}", args.host, args.port),
