@@ -154,7 +154,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     let shared_stats = sink_set.stats();
     tracker.spawn(prune_periodically(outbox.clone(), stop.clone()));
 
-    let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+    let (messages_tx, messages_rx) = mpsc::channel(mqtt::QUEUE_CAPACITY);
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
     let running = mqtt::start(link, credentials, messages_tx, shutdown.clone(), &tracker);
     service.attach(running.state.clone(), shared_stats.clone());
@@ -380,7 +380,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(&mut self, mut messages: mpsc::UnboundedReceiver<Received>) {
+    async fn run(&mut self, mut messages: mpsc::Receiver<Received>) {
         let mut batch = Vec::with_capacity(DISPATCH_BATCH);
         loop {
             batch.clear();
@@ -433,7 +433,7 @@ impl Dispatcher {
             return false;
         }
         for received in batch {
-            self.acker.ack(&received.publish).await;
+            self.acker.ack(&received.publish);
         }
         true
     }

@@ -2,11 +2,13 @@
 //! with backoff, and handing received messages on.
 //!
 //! rumqttc does nothing unless its event loop is polled, and reconnects at
-//! once after any error. So one task only polls and never awaits anything
-//! slow while connected; it hands messages to the dispatcher over an
-//! unbounded channel, and sleeps with capped, jittered backoff after every
-//! error. A second task sends the SUBSCRIBE packets, because awaiting client
-//! requests from the polling task can deadlock on the request channel.
+//! once after any error. So one task only polls, and sleeps with capped,
+//! jittered backoff after every error. It hands messages to the dispatcher
+//! over a bounded queue and waits when the queue is full: the socket is not
+//! read meanwhile, so TCP holds the broker back instead of flupd's memory
+//! growing. A second task sends the SUBSCRIBE packets and a third the acks,
+//! because awaiting client requests from the polling task, or from a task
+//! that the polling task waits for, can deadlock on the request channel.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -122,22 +124,52 @@ pub enum LinkState {
     Stopped,
 }
 
-/// Sends acknowledgements for received messages.
+/// Messages received and not yet taken by the dispatcher. Four dispatch
+/// batches: enough to keep the dispatcher busy, and small enough that a
+/// burst waits in the broker rather than in flupd's memory.
+pub const QUEUE_CAPACITY: usize = 2048;
+
+/// Queues acknowledgements for the ack task, in the order given.
 #[derive(Clone)]
 pub struct Acker {
-    client: AsyncClient,
+    queue: mpsc::UnboundedSender<Publish>,
 }
 
 impl Acker {
-    /// Acknowledges a QoS 1 message; does nothing for QoS 0.
+    /// Acknowledges a QoS 1 message; does nothing for QoS 0. Never waits:
+    /// the ack task sends it when the request channel has room.
     ///
     /// NOTE: an ack carries only the packet id. An ack sent after a reconnect
     /// may name a packet id the broker has since reused; with a persistent
     /// session the broker redelivers the original message under its old id,
     /// so the risk is a lost redelivery only if the ids collide.
-    pub async fn ack(&self, publish: &Publish) {
-        if let Err(error) = self.client.ack(publish).await {
-            tracing::debug!(%error, topic = %publish.topic, "ack not sent: connection stopped");
+    pub fn ack(&self, publish: &Publish) {
+        if publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        // rumqttc builds the PUBACK from the QoS and the packet id alone.
+        let mut ack = Publish::new("", publish.qos, Vec::new());
+        ack.pkid = publish.pkid;
+        let _ = self.queue.send(ack);
+    }
+}
+
+/// Sends the queued acks in order until the queue closes or `cancel` fires.
+async fn send_acks(client: AsyncClient, mut queue: mpsc::UnboundedReceiver<Publish>, cancel: CancellationToken) {
+    loop {
+        let ack = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ack = queue.recv() => match ack {
+                Some(ack) => ack,
+                None => return,
+            },
+        };
+        let sent = tokio::select! {
+            _ = cancel.cancelled() => return,
+            sent = client.ack(&ack) => sent,
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, pkid = ack.pkid, "ack not sent: connection stopped");
         }
     }
 }
@@ -167,7 +199,7 @@ type PendingSubAck = Arc<Mutex<Option<oneshot::Sender<Vec<SubscribeReasonCode>>>
 pub fn start(
     link: Link,
     credentials: MqttCredentials,
-    messages: mpsc::UnboundedSender<Received>,
+    messages: mpsc::Sender<Received>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Running {
@@ -200,9 +232,11 @@ pub fn start(
         connack: connack_tx,
         state: state_tx,
     };
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    tracker.spawn(send_acks(client, acks_rx, cancel.clone()).instrument(tracing::info_span!("acks")));
     let event_loop = tracker.spawn(poller.run(cancel).instrument(tracing::info_span!("mqtt")));
 
-    Running { acker: Acker { client }, state: state_rx, topics: topics_tx, event_loop, subscriber }
+    Running { acker: Acker { queue: acks_tx }, state: state_rx, topics: topics_tx, event_loop, subscriber }
 }
 
 struct Poller {
@@ -211,7 +245,7 @@ struct Poller {
     /// When the credentials in use are due for renewal.
     renew_at: Option<tokio::time::Instant>,
     link: Link,
-    messages: mpsc::UnboundedSender<Received>,
+    messages: mpsc::Sender<Received>,
     pending: PendingSubAck,
     connack: watch::Sender<Option<bool>>,
     state: watch::Sender<LinkState>,
@@ -271,7 +305,12 @@ impl Poller {
                     let mut publish = publish;
                     publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
                     let received = Received { publish, received_at: Utc::now() };
-                    if self.messages.send(received).is_err() {
+                    let sent = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        sent = self.messages.send(received) => sent,
+                    };
+                    if sent.is_err() {
                         break;
                     }
                 }

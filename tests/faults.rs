@@ -276,3 +276,31 @@ async fn unwritable_outbox_stops_acks_until_it_recovers() {
     flupd.signal(Signal::SIGTERM);
     assert_eq!(flupd.wait_exit(TIMEOUT), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos0_burst_waits_in_the_broker_while_the_outbox_is_stuck() {
+    let standin = common::standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!("[[sinks]]\ntype = \"file\"\npath = \"{}\"\n", file.display());
+    let setup = Setup::new(&standin, &["prd/FlightUpdate/#"], &sinks);
+    let mut flupd = setup.start_with(&["run"], &[("FLUPD_MQTT__QOS", "0")]);
+    flupd.wait_subscribed();
+
+    // With the outbox failing, the dispatcher takes nothing, so more
+    // messages than flupd's queue holds must wait in the broker.
+    let pid = flupd.child.id().to_string();
+    let limit = std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=1:unlimited"]).status().unwrap();
+    assert!(limit.success());
+    publish_numbered(&standin, 0, 5000).await;
+    flupd.wait_for_log("outbox write failed", Duration::from_secs(20));
+
+    let unlimited =
+        std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=unlimited:unlimited"]).status().unwrap();
+    assert!(unlimited.success());
+    wait_for(TIMEOUT, "5000 events after recovery", || read_json_lines(&file).len() >= 5000).await;
+    let numbers = sequence_numbers(&read_json_lines(&file));
+    assert_eq!(numbers, (0..5000).collect::<Vec<u64>>(), "every message once, in order");
+    flupd.signal(Signal::SIGTERM);
+    assert_eq!(flupd.wait_exit(TIMEOUT), 0);
+}
