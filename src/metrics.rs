@@ -67,7 +67,10 @@ fn describe() {
     describe_counter!(SINK_DELIVERED, "Events delivered, by sink");
     describe_counter!(SINK_FAILED, "Events the sink rejected permanently, by sink");
     describe_counter!(SINK_RETRIED, "Delivery attempts that failed and were retried, by sink");
-    describe_counter!(SINK_REDELIVERED, "Events delivered again with redelivered set, by sink");
+    describe_counter!(
+        SINK_REDELIVERED,
+        "Events delivered again after a restart, which the sink may have had before, by sink"
+    );
     describe_gauge!(OUTBOX_BYTES, "Bytes of event data stored in the outbox");
     describe_gauge!(OUTBOX_EVENTS, "Events stored in the outbox, delivered or not");
     describe_gauge!(SINK_PENDING, "Events queued or being delivered, by sink");

@@ -95,11 +95,41 @@ pub enum Stored {
     Duplicate,
 }
 
-/// A stored event as a sink reads it.
+/// A stored event as a sink reads it. Its JSON is parsed only for sinks
+/// that need the event's fields; the file sink writes it as stored.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub seq: u64,
-    pub event: Event,
+    pub topic: String,
+    /// When flupd received the event, in Unix milliseconds.
+    pub received_ms: i64,
+    /// The sink read the event before a restart, so it may have it already.
+    pub read_before_restart: bool,
+    body: Vec<u8>,
+}
+
+impl Entry {
+    /// The stored event, with `redelivered` set when the sink may have it
+    /// already.
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        let mut event: Event = serde_json::from_slice(&self.body)?;
+        event.redelivered |= self.read_before_restart;
+        Ok(event)
+    }
+
+    /// The event as one JSON line ending in a newline: the stored JSON,
+    /// unless the `redelivered` mark has to be added.
+    pub fn json_line(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut line = if self.read_before_restart {
+            serde_json::to_vec(&self.event()?)?
+        } else {
+            let mut line = Vec::with_capacity(self.body.len() + 1);
+            line.extend_from_slice(&self.body);
+            line
+        };
+        line.push(b'\n');
+        Ok(line)
+    }
 }
 
 /// The outbox, shared by the dispatcher (the only writer of events) and
@@ -509,24 +539,21 @@ impl Reader {
             let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let sqlite = |source| OutboxError::Sqlite { path: path.clone(), source };
             let mut statement = connection
-                .prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .prepare_cached("SELECT seq, topic, received_ms, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(sqlite)?;
             let rows = statement
-                .query_map(params![after, limit as i64], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .query_map(params![after, limit as i64], |row| {
+                    let seq: u64 = row.get(0)?;
+                    Ok(Entry {
+                        seq,
+                        topic: row.get(1)?,
+                        received_ms: row.get(2)?,
+                        read_before_restart: seq <= read_before_start,
+                        body: row.get(3)?,
+                    })
+                })
                 .map_err(sqlite)?;
-            let mut entries = Vec::new();
-            for row in rows {
-                let (seq, body) = row.map_err(sqlite)?;
-                let mut event: Event = serde_json::from_slice(&body).map_err(|source| OutboxError::Corrupt {
-                    path: path.clone(),
-                    seq,
-                    source,
-                })?;
-                if seq <= read_before_start {
-                    event.redelivered = true;
-                }
-                entries.push(Entry { seq, event });
-            }
+            let entries = rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)?;
             if let Some(last) = entries.last() {
                 if last.seq > read_before_start {
                     connection
@@ -585,7 +612,7 @@ mod tests {
 
         let batch = reader.next_batch(3).await.unwrap();
         assert_eq!(batch.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert!(batch.iter().all(|entry| !entry.event.redelivered));
+        assert!(batch.iter().all(|entry| !entry.event().unwrap().redelivered));
         reader.commit(2).await.unwrap();
         drop(reader);
         drop(outbox);
@@ -596,8 +623,13 @@ mod tests {
         let mut reader = outbox.reader("file").unwrap();
         let batch = reader.next_batch(10).await.unwrap();
         assert_eq!(batch.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [3, 4, 5]);
-        assert!(batch[0].event.redelivered);
-        assert!(!batch[1].event.redelivered);
+        assert!(batch[0].event().unwrap().redelivered);
+        assert!(String::from_utf8(batch[0].json_line().unwrap()).unwrap().contains(r#""redelivered":true"#));
+        assert_eq!(
+            batch[1].json_line().unwrap(),
+            [serde_json::to_vec(&batch[1].event().unwrap()).unwrap(), b"\n".to_vec()].concat()
+        );
+        assert!(!batch[1].event().unwrap().redelivered);
     }
 
     #[tokio::test]

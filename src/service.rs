@@ -23,7 +23,6 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::event::Event;
 use crate::mqtt::LinkState;
 use crate::sink::driver::SinkStats;
 
@@ -114,12 +113,11 @@ impl Drop for ProgressGuard<'_> {
 }
 
 impl SinkProgress {
-    /// Marks `event` as the one being delivered, retries included, until
-    /// the guard is dropped. Events leave the queue in order, so it is the
-    /// oldest pending one.
-    pub fn delivering(&self, event: &Event) -> ProgressGuard<'_> {
-        let received_ms = event.received_at.timestamp_millis().max(1);
-        self.delivering_received_ms.store(received_ms, Ordering::Relaxed);
+    /// Marks the event received at `received_ms` (Unix milliseconds) as the
+    /// one being delivered, retries included, until the guard is dropped.
+    /// Events leave the queue in order, so it is the oldest pending one.
+    pub fn delivering(&self, received_ms: i64) -> ProgressGuard<'_> {
+        self.delivering_received_ms.store(received_ms.max(1), Ordering::Relaxed);
         ProgressGuard { field: Field::Delivering(&self.delivering_received_ms) }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use flupd::event::Event;
+use flupd::outbox::{Entry, Outbox, OutboxConfig};
 use flupd::sink::Retry;
 use flupd::sink::file::{FileConfig, FileSink};
 use serde_json::json;
@@ -24,6 +25,15 @@ fn event(number: u32) -> Event {
 fn read_events(path: &Path) -> Vec<Event> {
     let text = fs::read_to_string(path).unwrap();
     text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// Stores `events` in a new outbox and reads them back as a sink does.
+async fn stored(events: Vec<Event>) -> Vec<Entry> {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+    let mut reader = outbox.reader("file").unwrap();
+    outbox.append(std::sync::Arc::new(events)).await.unwrap();
+    reader.next_batch(1000).await.unwrap()
 }
 
 fn rotated(path: &Path, number: u32) -> PathBuf {
@@ -175,8 +185,8 @@ async fn file_deliver_many_writes_in_order_and_rotates_between_lines() {
     let max_size = 2 * line_length + line_length / 2;
     let mut sink = FileSink::open(&config(json!({ "path": path, "max_size": max_size, "keep": 3 }))).await.unwrap();
 
-    let events: Vec<Event> = (10..17).map(event).collect();
-    let (taken, error) = sink.deliver_many(&events.iter().collect::<Vec<_>>()).await;
+    let entries = stored((10..17).map(event).collect()).await;
+    let (taken, error) = sink.deliver_many(&entries.iter().collect::<Vec<_>>()).await;
 
     assert_eq!(taken, 7);
     assert!(error.is_none(), "{error:?}");
@@ -200,8 +210,8 @@ async fn file_deliver_many_reports_how_many_lines_reached_the_file() {
     fs::write(blocker.join("file"), "").unwrap();
     let mut sink = FileSink::open(&config(json!({ "path": path, "max_size": max_size, "keep": 2 }))).await.unwrap();
 
-    let events: Vec<Event> = (10..15).map(event).collect();
-    let all: Vec<&Event> = events.iter().collect();
+    let entries = stored((10..15).map(event).collect()).await;
+    let all: Vec<&Entry> = entries.iter().collect();
     let (taken, error) = sink.deliver_many(&all).await;
 
     // The two lines that fitted before the rotation are in the file, and
@@ -226,9 +236,9 @@ async fn file_deliver_many_reports_how_many_lines_reached_the_file() {
 #[tokio::test]
 async fn file_deliver_many_on_full_disk_takes_nothing() {
     let mut sink = FileSink::open(&config(json!({ "path": "/dev/full" }))).await.unwrap();
-    let events: Vec<Event> = (1..4).map(event).collect();
+    let entries = stored((1..4).map(event).collect()).await;
 
-    let (taken, error) = sink.deliver_many(&events.iter().collect::<Vec<_>>()).await;
+    let (taken, error) = sink.deliver_many(&entries.iter().collect::<Vec<_>>()).await;
 
     assert_eq!(taken, 0);
     assert_eq!(error.unwrap().message, "write /dev/full: no space left on device");

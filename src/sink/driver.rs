@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Retry, Sink, SinkSpec};
 use crate::event::Event;
-use crate::outbox::Reader;
+use crate::outbox::{Entry, Reader};
 
 /// Events read from the outbox at a time.
 const BATCH: usize = 256;
@@ -28,7 +28,8 @@ pub struct SinkStats {
     pub retried: AtomicU64,
     /// Events the sink rejected permanently.
     pub failed: AtomicU64,
-    /// Events delivered with `redelivered` set.
+    /// Events delivered again after a restart: the sink read them before
+    /// and may have them already.
     pub redelivered: AtomicU64,
     /// The delivery in progress, for the stuck-sink check.
     pub progress: crate::service::SinkProgress,
@@ -89,11 +90,11 @@ pub async fn drive(
 
         // Sinks that can take the batch in one call do; what they leave,
         // after a failure, goes one by one with retries.
-        let wanted: Vec<usize> = (0..batch.len()).filter(|&index| spec.wants(&batch[index].event.topic)).collect();
-        let events: Vec<&Event> = wanted.iter().map(|&index| &batch[index].event).collect();
+        let wanted: Vec<usize> = (0..batch.len()).filter(|&index| spec.wants(&batch[index].topic)).collect();
+        let entries: Vec<&Entry> = wanted.iter().map(|&index| &batch[index]).collect();
         let (taken, error) = tokio::select! {
             _ = stop.hard.cancelled() => return,
-            taken = deliver_many(&mut sink, &events, &stats) => taken,
+            taken = deliver_many(&mut sink, &entries, &stats) => taken,
         };
         if let Some(error) = error {
             stats.retried.fetch_add(1, Ordering::Relaxed);
@@ -105,20 +106,26 @@ pub async fn drive(
             passed = batch[last].seq;
             start = last + 1;
         }
-        drop(events);
+        drop(entries);
 
         for entry in batch.into_iter().skip(start) {
-            if spec.wants(&entry.event.topic) {
-                let delivered = tokio::select! {
-                    _ = stop.hard.cancelled() => {
-                        commit(&mut reader, passed).await;
-                        return;
+            if spec.wants(&entry.topic) {
+                let delivered = match entry.event() {
+                    Ok(event) => tokio::select! {
+                        _ = stop.hard.cancelled() => {
+                            commit(&mut reader, passed).await;
+                            return;
+                        }
+                        delivered = deliver(&mut sink, &event, &stats) => delivered,
+                    },
+                    Err(error) => {
+                        tracing::error!(seq = entry.seq, %error, "stored event cannot be read, skipped");
+                        false
                     }
-                    delivered = deliver(&mut sink, &entry.event, &stats) => delivered,
                 };
                 let counter = if delivered { &stats.delivered } else { &stats.failed };
                 counter.fetch_add(1, Ordering::Relaxed);
-                if entry.event.redelivered {
+                if delivered && entry.read_before_restart {
                     stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -157,20 +164,20 @@ async fn flush(sink: &mut Sink) {
     }
 }
 
-/// Offers `events` to the sink in one call, without retries. Returns how
+/// Offers `entries` to the sink in one call, without retries. Returns how
 /// many of them, from the first, it took.
-async fn deliver_many(sink: &mut Sink, events: &[&Event], stats: &SinkStats) -> (usize, Option<super::DeliveryError>) {
-    let Some(first) = events.first() else {
+async fn deliver_many(sink: &mut Sink, entries: &[&Entry], stats: &SinkStats) -> (usize, Option<super::DeliveryError>) {
+    let Some(first) = entries.first() else {
         return (0, None);
     };
-    let _delivering = stats.progress.delivering(first);
+    let _delivering = stats.progress.delivering(first.received_ms);
     let attempt = stats.progress.attempt();
-    let (taken, error) = sink.deliver_many(events).await;
+    let (taken, error) = sink.deliver_many(entries).await;
     drop(attempt);
-    for event in &events[..taken] {
-        tracing::debug!(event_id = %event.id, "event delivered");
+    for entry in &entries[..taken] {
+        tracing::debug!(seq = entry.seq, "event delivered");
         stats.delivered.fetch_add(1, Ordering::Relaxed);
-        if event.redelivered {
+        if entry.read_before_restart {
             stats.redelivered.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -182,7 +189,7 @@ async fn deliver_many(sink: &mut Sink, events: &[&Event], stats: &SinkStats) -> 
 pub async fn deliver(sink: &mut Sink, event: &Event, stats: &SinkStats) -> bool {
     let mut backoff = sink.retry_backoff();
     let mut attempt: u32 = 1;
-    let _delivering = stats.progress.delivering(event);
+    let _delivering = stats.progress.delivering(event.received_at.timestamp_millis());
     loop {
         let attempt_running = stats.progress.attempt();
         let result = sink.deliver(event).await;

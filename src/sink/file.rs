@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::DeliveryError;
 use crate::config::Problems;
 use crate::event::Event;
+use crate::outbox::Entry;
 
 /// Settings of a `type = "file"` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -142,20 +143,17 @@ impl FileSink {
         self.run(move |writer| writer.push(line)).await
     }
 
-    /// Adds the lines of several events in one call, written together as
+    /// Adds the lines of several stored events in one call, written together as
     /// the flush policy allows. Returns how many of them, from the first,
     /// the sink took; on a failure the rest are not in the file or its
     /// buffer, and the error says why.
-    pub async fn deliver_many(&mut self, events: &[&Event]) -> (usize, Option<DeliveryError>) {
-        let mut lines = Vec::with_capacity(events.len());
-        for event in events {
-            match serde_json::to_vec(event) {
-                Ok(mut line) => {
-                    line.push(b'\n');
-                    lines.push(line);
-                }
-                // The event that cannot be serialized goes the one-by-one
-                // way, which reports it.
+    pub async fn deliver_many(&mut self, entries: &[&Entry]) -> (usize, Option<DeliveryError>) {
+        let mut lines = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry.json_line() {
+                Ok(line) => lines.push(line),
+                // An event that cannot be read goes the one-by-one way,
+                // which reports it.
                 Err(_) => break,
             }
         }

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::config::Problems;
 use crate::event::Event;
+use crate::outbox::Entry;
 use crate::topic::TopicFilter;
 
 /// One `[[sinks]]` table after validation.
@@ -235,13 +236,13 @@ impl Sink {
         }
     }
 
-    /// Delivers a run of events in one call where the sink can, without
+    /// Delivers a run of stored events in one call where the sink can, without
     /// retries. Returns how many of them, from the first, the sink took,
     /// and the error that stopped it; the caller delivers the rest one by
     /// one. Sinks that take one event per call take none here.
-    pub async fn deliver_many(&mut self, events: &[&Event]) -> (usize, Option<DeliveryError>) {
+    pub async fn deliver_many(&mut self, entries: &[&Entry]) -> (usize, Option<DeliveryError>) {
         match self {
-            Sink::File(sink) => sink.deliver_many(events).await,
+            Sink::File(sink) => sink.deliver_many(entries).await,
             Sink::Stdout(_) | Sink::Webhook(_) => (0, None),
         }
     }
