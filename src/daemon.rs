@@ -153,6 +153,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     }
     let shared_stats = sink_set.stats();
     tracker.spawn(prune_periodically(outbox.clone(), stop.clone()));
+    tracker.spawn(checkpoint_periodically(outbox.clone(), stop.clone()));
 
     let (messages_tx, messages_rx) = mpsc::channel(mqtt::QUEUE_CAPACITY);
     let link = Link { config: config.mqtt.clone(), store: store.clone(), tls };
@@ -253,6 +254,32 @@ async fn prune_periodically(outbox: Outbox, stop: Stop) {
         match outbox.count() {
             Ok(events) => crate::metrics::set_outbox_size(events, outbox.bytes()),
             Err(error) => tracing::warn!(%error, "outbox size not read"),
+        }
+    }
+}
+
+/// Moves the outbox's write-ahead log into its database file every second,
+/// so that no commit waits for it.
+async fn checkpoint_periodically(outbox: Outbox, stop: Stop) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.draining.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        match outbox.checkpoint().await {
+            Ok(()) if failing => {
+                tracing::info!("outbox checkpoint succeeded again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                tracing::warn!(%error, "outbox checkpoint failed, its write-ahead log grows until one succeeds");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -6,7 +6,10 @@
 //! redelivers after a lost ack reaches no sink twice. The database runs in
 //! WAL mode: with `durability = "process"` a commit reaches the operating
 //! system before the ack (it survives `kill -9`), and with
-//! `durability = "power_loss"` it is also synced to disk.
+//! `durability = "power_loss"` it is also synced to disk. Checkpoints,
+//! which copy the log into the database file, run on a connection of their
+//! own when [`Outbox::checkpoint`] is called, never inside a commit, so that
+//! a commit and the ack after it do not wait for one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,6 +146,8 @@ struct Inner {
     path: PathBuf,
     config: OutboxConfig,
     writer: Mutex<Connection>,
+    /// Opened by the first checkpoint.
+    checkpointer: Mutex<Option<Connection>>,
     bytes: AtomicU64,
     head: watch::Sender<u64>,
     dropped_oldest: AtomicU64,
@@ -160,8 +165,15 @@ fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Conn
         Durability::PowerLoss => "FULL",
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A log that grew during a burst shrinks back to this after the next
+    // complete checkpoint.
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(connection)
 }
+
+/// Bytes of write-ahead log kept on disk after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 impl Outbox {
     /// Opens or creates the outbox in `dir`.
@@ -213,6 +225,7 @@ impl Outbox {
                 path,
                 config,
                 writer: Mutex::new(connection),
+                checkpointer: Mutex::new(None),
                 bytes: AtomicU64::new(bytes as u64),
                 head: watch::Sender::new(head),
                 dropped_oldest: AtomicU64::new(0),
@@ -312,6 +325,16 @@ impl Outbox {
             .map_err(|error| OutboxError::Task(error.to_string()))?
     }
 
+    /// Copies the committed part of the write-ahead log into the database
+    /// file, without waiting for readers or the writer. Without it the log
+    /// grows until the outbox is closed; the daemon calls it every second.
+    pub async fn checkpoint(&self) -> Result<(), OutboxError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.checkpoint())
+            .await
+            .map_err(|error| OutboxError::Task(error.to_string()))?
+    }
+
     /// Counts the stored events, delivered or not.
     pub fn count(&self) -> Result<u64, OutboxError> {
         let connection = self.inner.lock();
@@ -373,6 +396,16 @@ fn max_seq(connection: &Connection) -> rusqlite::Result<u64> {
 }
 
 impl Inner {
+    fn checkpoint(&self) -> Result<(), OutboxError> {
+        let sqlite = |source| OutboxError::Sqlite { path: self.path.clone(), source };
+        let mut slot = self.checkpointer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = match &mut *slot {
+            Some(connection) => connection,
+            empty => empty.insert(open_connection(&self.path, self.config.durability).map_err(sqlite)?),
+        };
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(sqlite)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent, because
         // an unfinished transaction is rolled back; keep using it.
@@ -599,6 +632,22 @@ mod tests {
 
     fn incoming(range: std::ops::Range<u32>) -> Arc<Vec<Event>> {
         Arc::new(range.map(event).collect())
+    }
+
+    #[tokio::test]
+    async fn checkpoint_moves_the_log_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), OutboxConfig::default()).unwrap();
+        let size = || std::fs::metadata(outbox.path()).unwrap().len();
+        let before = size();
+
+        // Commits only append to the log; the database file waits for a
+        // checkpoint.
+        outbox.append(incoming(0..500)).await.unwrap();
+        assert_eq!(size(), before);
+
+        outbox.checkpoint().await.unwrap();
+        assert!(size() > before, "database file still {before} bytes");
     }
 
     #[tokio::test]
