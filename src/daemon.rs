@@ -259,7 +259,7 @@ async fn prune_periodically(outbox: Outbox, stop: Stop) {
 }
 
 /// Moves the outbox's write-ahead log into its database file every second,
-/// so that no commit waits for it.
+/// so that a commit seldom has to.
 async fn checkpoint_periodically(outbox: Outbox, stop: Stop) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -8,8 +8,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     // glibc gives each thread that allocates a malloc arena of its own, up
     // to eight per core, and memory freed in one stays there. The outbox
-    // and file writes run on many blocking-pool threads, so a burst left
-    // far more resident memory behind than it used. Two arenas cut the
+    // and file writes run on many blocking-pool threads, so much of the
+    // memory freed after a burst stayed resident. Two arenas cut the
     // peak RSS of a 200,000-message burst by about a quarter at no
     // measurable cost in speed (docs/benchmarks.md).
     #[cfg(target_env = "gnu")]

@@ -112,16 +112,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The stored event, with `redelivered` set when the sink may have it
-    /// already.
+    /// Parses the stored event, setting `redelivered` when the sink may
+    /// have it already.
     pub fn event(&self) -> Result<Event, serde_json::Error> {
         let mut event: Event = serde_json::from_slice(&self.body)?;
         event.redelivered |= self.read_before_restart;
         Ok(event)
     }
 
-    /// The event as one JSON line ending in a newline: the stored JSON,
-    /// unless the `redelivered` mark has to be added.
+    /// Returns the event as one JSON line ending in a newline. That is the
+    /// stored JSON, unless the `redelivered` mark has to be added.
     pub fn json_line(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut line = if self.read_before_restart {
             serde_json::to_vec(&self.event()?)?
@@ -166,8 +166,8 @@ fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
     // Periodic checkpoints do most of the copying. Under steady writes the
-    // log starts over only after a checkpoint inside a commit, which then
-    // has little left to copy; this bounds the log to about 64 MiB.
+    // log starts over only after a checkpoint inside a commit, so this
+    // bounds the log to about 64 MiB. That checkpoint has little left to copy.
     connection.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
     connection.pragma_update(None, "journal_size_limit", WAL_PAGES * 4096)?;
     Ok(connection)

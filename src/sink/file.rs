@@ -145,8 +145,8 @@ impl FileSink {
 
     /// Adds the lines of several stored events in one call, written together as
     /// the flush policy allows. Returns how many of them, from the first,
-    /// the sink took; on a failure the rest are not in the file or its
-    /// buffer, and the error says why.
+    /// the sink took. After a failure the rest are neither in the file nor
+    /// in its buffer, and the error gives the reason.
     pub async fn deliver_many(&mut self, entries: &[&Entry]) -> (usize, Option<DeliveryError>) {
         let mut lines = Vec::with_capacity(entries.len());
         for entry in entries {
