@@ -39,7 +39,16 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Events { filter } => with_config(&cli, &env, |loaded| events(&loaded, filter)),
         Command::Replay { sink, filter } => with_config(&cli, &env, |loaded| block_on(replay(loaded, sink, filter))),
         Command::Health { timeout } => health(&cli, &env, *timeout),
-        Command::Demo { max_events, interval } => demo(*max_events, *interval),
+        Command::Demo { max_events, interval } => {
+            if let Some(path) = &cli.config {
+                eprintln!(
+                    "flupd: demo uses a configuration of its own and would ignore {}; run it without --config and FLUPD_CONFIG",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            demo(*max_events, *interval)
+        }
     }
 }
 

@@ -61,7 +61,8 @@ pub enum Command {
     },
     /// Run the whole pipeline against a local stand-in of Lufthansa's API and
     /// broker, printing events to stdout. Needs mosquitto installed and a
-    /// build with `--features demo`.
+    /// build with `--features demo`. It uses a configuration of its own, so
+    /// it rejects --config.
     Demo {
         /// Stop after this many events; without it, run until Ctrl-C.
         #[arg(long, value_name = "N")]

@@ -152,6 +152,15 @@ fn demo_prints_events_and_exits() {
     assert_eq!(lines.len(), 5, "{stdout}");
 }
 
+#[test]
+fn demo_rejects_config_option() {
+    let output = flupd().args(["demo", "--config", "/etc/flupd/demo.toml", "--max-events", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("/etc/flupd/demo.toml"), "{stderr}");
+    assert!(stderr.contains("without --config"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn events_and_replay_read_the_archive() {
     use nix::sys::signal::Signal;

@@ -426,6 +426,20 @@ impl Reader<'_> {
         }
     }
 
+    /// Reads a secret string. A value of another type is reported without
+    /// showing it, because it may still be the secret.
+    fn secret(&mut self, key: &str) -> Option<Secret> {
+        match self.raw.get::<String>(key) {
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(Secret::new(text)),
+            Err(config::ConfigError::NotFound(_)) => None,
+            Err(_) => {
+                self.problems.push(key, "invalid value (not shown, because it may be the secret): expected a string");
+                None
+            }
+        }
+    }
+
     fn string(&mut self, key: &str) -> Option<String> {
         self.optional::<String>(key, "a string").filter(|text| !text.trim().is_empty())
     }
@@ -505,7 +519,7 @@ impl Reader<'_> {
             }
         }
 
-        let inline = self.string("lufthansa.client_secret").map(Secret::new);
+        let inline = self.secret("lufthansa.client_secret");
         let file = self.path("lufthansa.client_secret_file");
         if inline.is_some() && file.is_some() {
             self.problems.push("lufthansa.client_secret", "set either client_secret or client_secret_file, not both");
@@ -519,7 +533,7 @@ impl Reader<'_> {
         } else {
             inline.map(SecretSource::Inline)
         };
-        if client_secret.is_none() {
+        if client_secret.is_none() && !self.problems.iter().any(|problem| problem.key == "lufthansa.client_secret") {
             self.problems.push(
                 "lufthansa.client_secret",
                 "missing: set FLUPD_CLIENT_SECRET, lufthansa.client_secret_file, or systemd's LoadCredential=client_secret:PATH",
@@ -1085,6 +1099,16 @@ mod tests {
     }
 
     #[test]
+    fn config_secret_of_wrong_type_not_shown() {
+        let toml = MINIMAL.replace("client_secret = \"s3cret\"", "client_secret = [\"s3cret\"]");
+        let problems = problems(&toml, &Env::default());
+        assert_eq!(
+            problems,
+            ["lufthansa.client_secret: invalid value (not shown, because it may be the secret): expected a string"]
+        );
+    }
+
+    #[test]
     fn config_state_dir_from_systemd() {
         let config = load_str(MINIMAL, &env(&[("STATE_DIRECTORY", "/var/lib/flupd-a:/var/lib/other")])).unwrap().config;
         assert_eq!(config.state.dir, PathBuf::from("/var/lib/flupd-a"));
@@ -1203,6 +1227,33 @@ mod tests {
             assert!(found.iter().any(|problem| problem.starts_with(key)), "{key} missing in {found:#?}");
         }
         assert_eq!(found.len(), 3, "{found:#?}");
+    }
+
+    #[test]
+    fn config_checks_sink_values_despite_type_errors() {
+        let toml = format!(
+            "{MINIMAL}\n[[sinks]]\ntype = \"file\"\npath = \"/tmp/x.jsonl\"\nmax_size = 0\nkeep = -1\nflush = \"sometimes\"\n"
+        );
+        let found = problems(&toml, &Env::default());
+        for key in ["sinks[1].max_size: invalid value 0", "sinks[1].keep:", "sinks[1].flush:"] {
+            assert!(found.iter().any(|problem| problem.starts_with(key)), "{key} missing in {found:#?}");
+        }
+        assert_eq!(found.len(), 3, "{found:#?}");
+    }
+
+    #[test]
+    fn config_hides_webhook_secrets_of_wrong_type() {
+        let toml = format!(
+            "{MINIMAL}\n[[sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsigning_key = 424242\n\
+             headers = {{ Authorization = [\"Bearer hidden-token\"] }}\n"
+        );
+        let found = problems(&toml, &Env::default());
+        assert_eq!(found.len(), 2, "{found:#?}");
+        for problem in &found {
+            assert!(problem.contains("not shown"), "{problem}");
+            assert!(!problem.contains("424242"), "{problem}");
+            assert!(!problem.contains("hidden-token"), "{problem}");
+        }
     }
 
     #[test]

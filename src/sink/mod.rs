@@ -126,30 +126,39 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
         }
     }?;
 
+    // Keys that failed to parse are at their defaults, so the value checks
+    // still run. A check of such a key would only repeat its problem.
+    let mut checks = Problems::default();
     match &config {
-        SinkConfig::Stdout(config) => config.validate(key, problems),
-        SinkConfig::File(config) => config.validate(key, problems),
-        SinkConfig::Webhook(config) => config.validate(key, problems),
+        SinkConfig::Stdout(config) => config.validate(key, &mut checks),
+        SinkConfig::File(config) => config.validate(key, &mut checks),
+        SinkConfig::Webhook(config) => config.validate(key, &mut checks),
+    }
+    for problem in checks.iter() {
+        if !problems.iter().any(|reported| reported.key == problem.key) {
+            problems.push(problem.key.clone(), problem.message.clone());
+        }
     }
 
     let name = name.unwrap_or_else(|| config.type_name().to_owned());
     Some(SinkSpec { name, topics, config })
 }
 
+/// Keys of sink tables whose values may be secrets, and so are never shown.
+const SECRET_KEYS: [&str; 2] = ["signing_key", "headers"];
+
 /// Deserializes a sink's own keys, reporting every bad key rather than the
 /// first: each failing key is recorded and left out, and the rest is tried
-/// again, so that one mistake does not hide the next.
+/// again, so that one mistake does not hide the next. Returns the sink's
+/// configuration with the failed keys at their defaults.
 fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Problems) -> Option<T> {
     let Value::Object(mut table) = rest else { return None };
-    let mut failed = false;
     // Each round removes one key, so the loop ends.
     for _ in 0..=table.len() {
         let error = match serde_path_to_error::deserialize::<_, T>(Value::Object(table.clone())) {
-            Ok(config) if !failed => return Some(config),
-            Ok(_) => return None,
+            Ok(config) => return Some(config),
             Err(error) => error,
         };
-        failed = true;
         let field = error.path().iter().next().map(|segment| segment.to_string()).filter(|field| field != "?");
         let message = error.inner().to_string();
         let unknown =
@@ -158,6 +167,9 @@ fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Probl
             Some(field) if table.remove(&field).is_some() => {
                 let message = if message.starts_with("unknown field") {
                     message.replacen(&format!("unknown field `{field}`, "), "unknown key; ", 1)
+                } else if SECRET_KEYS.contains(&field.as_str()) {
+                    let expected = message.find("expected").map_or("", |index| &message[index..]);
+                    format!("invalid value (not shown, because it may be a secret): {expected}")
                 } else {
                     message
                 };

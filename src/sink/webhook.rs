@@ -188,8 +188,9 @@ fn parse_url(text: &str) -> Result<Url, String> {
     }
     let url = match Url::parse(text) {
         Ok(url) => url,
-        // The unparsed text is quoted as given, because it cannot be redacted.
-        Err(error) => return Err(format!("invalid URL {text:?}: {error}; expected an http or https URL")),
+        Err(error) => {
+            return Err(format!("invalid URL {:?}: {error}; expected an http or https URL", redact_unparsed_url(text)));
+        }
     };
     match url.scheme() {
         "http" | "https" => Ok(url),
@@ -202,6 +203,26 @@ fn parse_url(text: &str) -> Result<Url, String> {
 
 /// Returns the URL without user info, query string and fragment, which may
 /// contain credentials, for logs and errors.
+/// Hides what may be secret in a URL that does not parse: user info before
+/// an `@` in the authority, and everything from a `?` or `#` on.
+fn redact_unparsed_url(text: &str) -> String {
+    let (base, rest) = match text.find(['?', '#']) {
+        Some(index) => (&text[..index], Some(&text[index..index + 1])),
+        None => (text, None),
+    };
+    let authority_start = base.find("://").map_or(0, |index| index + 3);
+    let authority_end = base[authority_start..].find('/').map_or(base.len(), |index| authority_start + index);
+    let mut shown = match base[authority_start..authority_end].rfind('@') {
+        Some(at) => format!("{}[redacted]{}", &base[..authority_start], &base[authority_start + at..]),
+        None => base.to_owned(),
+    };
+    if let Some(separator) = rest {
+        shown.push_str(separator);
+        shown.push_str("[redacted]");
+    }
+    shown
+}
+
 pub fn redact_url(url: &Url) -> String {
     let mut url = url.clone();
     // Both fail only for URLs without a host, which keep no user info.
@@ -494,6 +515,16 @@ mod tests {
         assert_eq!(
             problems,
             ["sinks[1].url: invalid URL \"htp//x\": relative URL without a base; expected an http or https URL"]
+        );
+    }
+
+    #[test]
+    fn webhook_config_reports_unparsable_url_redacted() {
+        let problems = problems_for(json!({"url": "http://user:url-password@ bad host/x?token=query-secret"}));
+        assert_eq!(
+            problems,
+            ["sinks[1].url: invalid URL \"http://[redacted]@ bad host/x?[redacted]\": invalid international domain \
+                 name; expected an http or https URL"]
         );
     }
 
