@@ -127,11 +127,13 @@ fn check(cli: &Cli, env: &Env) -> ExitCode {
                 println!("warning: {}: {}", warning.key, warning.message);
             }
             let config = &loaded.config;
+            let plural =
+                |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
             println!(
-                "{}: valid ({} topic filters, {} sinks: {})",
+                "{}: valid ({}, {}: {})",
                 path.display(),
-                config.mqtt.topics.len(),
-                config.sinks.len(),
+                plural(config.mqtt.topics.len(), "topic filter", "topic filters"),
+                plural(config.sinks.len(), "sink", "sinks"),
                 config
                     .sinks
                     .iter()

@@ -198,10 +198,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), DaemonError>
     };
     let stats = lock(&shared_stats).clone();
     if !drained {
+        let cause = if stop.hard.is_cancelled() { "the second signal" } else { "the shutdown timeout" };
         for (name, stats) in &stats {
             let pending = stats.pending.load(Ordering::Relaxed);
             if pending > 0 {
-                tracing::warn!(sink = %name, pending, "sink did not drain before the shutdown timeout, its events stay in the outbox for the next start");
+                tracing::warn!(sink = %name, pending, "sink did not drain before {cause}, its events stay in the outbox for the next start");
             }
         }
         stop.hard.cancel();

@@ -826,7 +826,7 @@ impl Reader<'_> {
             None => {
                 self.problems.push(
                     "health.listen",
-                    format!("invalid address {text:?}: expected an IP address and port such as \"127.0.0.1:{DEFAULT_HEALTH_PORT}\", or a port alone for 127.0.0.1"),
+                    format!("invalid address {text:?}: expected an IP address and a port from 1 to 65535, such as \"127.0.0.1:{DEFAULT_HEALTH_PORT}\", or a port alone for 127.0.0.1"),
                 );
                 None
             }
