@@ -326,12 +326,20 @@ fn name_variables(env: &Env, problems: &Problems) -> Problems {
     let mut named = Problems::default();
     for problem in problems.iter() {
         let base = problem.key.split('[').next().unwrap_or(&problem.key);
-        // A variable, when set, wins over the file.
-        let from_environment = overrides.contains_key(&variable_name(base));
-        let message = if from_environment {
-            format!("{} (set by {})", problem.message, variable_name(base))
+        // A variable, when set, wins over the file. A table that only
+        // variables create, such as an unknown section, is named by them.
+        let exact = variable_name(base);
+        let nested = format!("{exact}__");
+        let mut variables: Vec<&str> = if overrides.contains_key(&exact) {
+            vec![exact.as_str()]
         } else {
+            overrides.keys().map(String::as_str).filter(|name| name.starts_with(&nested)).collect()
+        };
+        variables.sort_unstable();
+        let message = if variables.is_empty() {
             problem.message.clone()
+        } else {
+            format!("{} (set by {})", problem.message, variables.join(", "))
         };
         named.push(problem.key.clone(), message);
     }
@@ -1268,6 +1276,17 @@ mod tests {
             found
                 .iter()
                 .any(|problem| problem.starts_with("foo: unknown key") && problem.ends_with("(set by FLUPD_FOO)")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn config_names_the_variables_of_an_unknown_section() {
+        let found = problems(MINIMAL, &env(&[("FLUPD_BOGUS__X", "1")]));
+        assert!(
+            found.iter().any(
+                |problem| problem.starts_with("bogus: unknown key") && problem.ends_with("(set by FLUPD_BOGUS__X)")
+            ),
             "{found:#?}"
         );
     }
