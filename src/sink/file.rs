@@ -270,28 +270,10 @@ impl Writer {
     /// requires it. On failure the line is removed from the buffer again, so
     /// that retrying the delivery does not write it twice.
     fn push(&mut self, line: Vec<u8>) -> Result<(), DeliveryError> {
-        self.pending_bytes += line.len();
-        self.pending.push_back(line);
-
-        let due = match self.policy {
-            FlushPolicy::EveryEvent => true,
-            FlushPolicy::Interval => {
-                self.last_write.elapsed() >= self.flush_interval || self.pending_bytes >= MAX_PENDING_BYTES
-            }
-        };
-        if !due {
-            return Ok(());
+        match self.push_many(vec![line]) {
+            (_, Some(error)) => Err(error),
+            (_, None) => Ok(()),
         }
-
-        let result = self.write_pending();
-        if result.is_err() {
-            // Lines are written in order, so a failure leaves the newest
-            // line, this one, unwritten.
-            if let Some(line) = self.pending.pop_back() {
-                self.pending_bytes -= line.len();
-            }
-        }
-        result
     }
 
     /// Adds several lines and writes the buffered lines when the flush
