@@ -4,9 +4,9 @@
 //! rumqttc does nothing unless its event loop is polled, and reconnects at
 //! once after any error. So one task only polls, and sleeps with capped,
 //! jittered backoff after every error. It hands messages to the dispatcher
-//! over a bounded queue and waits when the queue is full: the socket is not
-//! read meanwhile, so TCP holds the broker back instead of flupd's memory
-//! growing. A second task sends the SUBSCRIBE packets and a third the acks,
+//! over a bounded queue and waits when the queue is full. The socket is not
+//! read meanwhile, so TCP flow control slows the broker down instead of
+//! flupd's memory growing. A second task sends the SUBSCRIBE packets and a third the acks,
 //! because awaiting client requests from the polling task, or from a task
 //! that the polling task waits for, can deadlock on the request channel.
 

@@ -278,7 +278,7 @@ async fn unwritable_outbox_stops_acks_until_it_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn qos0_burst_waits_in_the_broker_while_the_outbox_is_stuck() {
+async fn qos0_burst_survives_stuck_outbox() {
     let standin = common::standin().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
@@ -287,8 +287,8 @@ async fn qos0_burst_waits_in_the_broker_while_the_outbox_is_stuck() {
     let mut flupd = setup.start_with(&["run"], &[("FLUPD_MQTT__QOS", "0")]);
     flupd.wait_subscribed();
 
-    // With the outbox failing, the dispatcher takes nothing, so more
-    // messages than flupd's queue holds must wait in the broker.
+    // With the outbox failing, the dispatcher takes nothing, so the
+    // messages beyond flupd's queue of 2,048 must wait in the broker.
     let pid = flupd.child.id().to_string();
     let limit = std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=1:unlimited"]).status().unwrap();
     assert!(limit.success());

@@ -197,7 +197,7 @@ async fn file_deliver_many_rotates_between_lines() {
 }
 
 #[tokio::test]
-async fn file_deliver_many_reports_how_many_lines_reached_the_file() {
+async fn file_deliver_many_partial_failure() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
     let line_length = serde_json::to_string(&event(10)).unwrap().len() as u64 + 1;
@@ -215,7 +215,7 @@ async fn file_deliver_many_reports_how_many_lines_reached_the_file() {
     let (taken, error) = sink.deliver_many(&all).await;
 
     // The two lines that fitted before the rotation are in the file, and
-    // the sink holds none of the others for a later write.
+    // the sink keeps none of the others for a later write.
     assert_eq!(taken, 2);
     let error = error.expect("rotation error");
     assert!(error.message.starts_with(&format!("rotate {}: rename ", path.display())), "{}", error.message);

@@ -277,8 +277,8 @@ impl Writer {
     }
 
     /// Adds several lines and writes the buffered lines when the flush
-    /// policy requires it. Returns how many of the new lines the file or
-    /// the buffer holds; on a failure the others are removed again, so that
+    /// policy requires it. Returns how many of the new lines are in the file
+    /// or the buffer. After a failure the others are removed again, so that
     /// retrying them does not write them twice.
     fn push_many(&mut self, lines: Vec<Vec<u8>>) -> (usize, Option<DeliveryError>) {
         let count = lines.len();

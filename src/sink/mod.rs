@@ -144,9 +144,6 @@ pub fn parse_sink(key: &str, table: Value, problems: &mut Problems) -> Option<Si
     Some(SinkSpec { name, topics, config })
 }
 
-/// Keys of sink tables whose values may be secrets, and so are never shown.
-const SECRET_KEYS: [&str; 2] = ["signing_key", "headers"];
-
 /// Deserializes a sink's own keys, reporting every bad key rather than the
 /// first: each failing key is recorded and left out, and the rest is tried
 /// again, so that one mistake does not hide the next. Returns the sink's
@@ -167,7 +164,7 @@ fn parse_typed<T: DeserializeOwned>(key: &str, rest: Value, problems: &mut Probl
             Some(field) if table.remove(&field).is_some() => {
                 let message = if message.starts_with("unknown field") {
                     message.replacen(&format!("unknown field `{field}`, "), "unknown key; ", 1)
-                } else if SECRET_KEYS.contains(&field.as_str()) {
+                } else if webhook::SECRET_KEYS.contains(&field.as_str()) {
                     let expected = message.find("expected").map_or("", |index| &message[index..]);
                     format!("invalid value (not shown, because it may be a secret): {expected}")
                 } else {

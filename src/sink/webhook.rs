@@ -109,6 +109,9 @@ impl fmt::Debug for WebhookConfig {
     }
 }
 
+/// Keys whose values may be secrets, so that no error message shows them.
+pub const SECRET_KEYS: [&str; 2] = ["signing_key", "headers"];
+
 impl WebhookConfig {
     /// Returns whether the table holds a secret written inline: the
     /// signing key, or header values, which often carry tokens.
