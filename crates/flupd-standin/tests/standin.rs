@@ -376,6 +376,9 @@ async fn clients_cannot_publish() {
 
     // mosquitto acknowledges a denied QoS 1 publish but drops the message. The admin message
     // published after the PUBACK must therefore be the first one the subscriber receives.
+    // NOTE: once in five clean-clone CI runs under load, mosquitto closed this connection
+    // before the PUBACK ("closed by peer abruptly"); twelve reruns alone passed. The cause is
+    // not known yet.
     let (client, mut eventloop) = AsyncClient::new(options_for(&standin, &publisher_credentials), 4);
     client.publish("prd/FlightUpdate/LH/LH400/2026-07-22", QoS::AtLeastOnce, false, "forged").await.unwrap();
     timeout(WAIT, async {
